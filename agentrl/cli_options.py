@@ -31,7 +31,9 @@ def parse_config_flags(args: list[str]) -> dict[str, Any]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--"):
-            raise ConfigError(arg, None, "unexpected argument; config flags look like --field VALUE")
+            raise ConfigError(
+                arg, None, "unexpected argument; config flags look like --field VALUE"
+            )
         name, _, value = arg[2:].partition("=")
         key = name.replace("-", "_")
         negated = key.startswith("no_") and key[3:] in fields
@@ -59,5 +61,7 @@ def config_flags_help() -> str:
     """One line per config field, ``--flag  description (default: ...)``, for epilogs."""
     lines = ["Config flags (override the YAML file and AGENTRL_<FIELD> env variables):", ""]
     for key, field in AgentTrainingConfig.model_fields.items():
-        lines.append(f"  --{key.replace('_', '-')}: {field.description} (default: {field.default!r})")
+        lines.append(
+            f"  --{key.replace('_', '-')}: {field.description} (default: {field.default!r})"
+        )
     return "\n\n".join(lines)

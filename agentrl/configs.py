@@ -33,7 +33,7 @@ CONFIG_ENV_VAR = "AGENTRL_CONFIG"
 AGENTRL_HOME = Path(os.environ.get("AGENTRL_HOME", Path.home() / ".agentrl"))
 """Where embedded state lives by default (MongoDB data, objects, model cache)."""
 
-_yaml_values: ContextVar[dict[str, Any]] = ContextVar("_yaml_values", default={})
+_yaml_values: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_values", default=None)
 
 
 class AgentTrainingConfig(BaseSettings):
@@ -96,11 +96,15 @@ class AgentTrainingConfig(BaseSettings):
     # --- data ------------------------------------------------------------------------------------
     train_file: str = Field("", description="Training dataset file (JSONL or JSON).")
     eval_file: str = Field("", description="Evaluation dataset file (JSONL or JSON).")
-    max_train_tasks: int = Field(0, ge=0, description="Use only the first N training tasks (0: all).")
-    skip_bad_lines: bool = Field(
-        True, description="Skip malformed dataset lines (reported with file:line) instead of failing."
+    max_train_tasks: int = Field(
+        0, ge=0, description="Use only the first N training tasks (0: all)."
     )
-    sampler: str = Field("math", description="Registered name of the sampler used by `agentrl run`.")
+    skip_bad_lines: bool = Field(
+        True, description="Skip malformed dataset lines (reported with file:line), not fail."
+    )
+    sampler: str = Field(
+        "math", description="Registered name of the sampler used by `agentrl run`."
+    )
 
     # --- model -----------------------------------------------------------------------------------
     model_name: str = Field(
@@ -112,7 +116,9 @@ class AgentTrainingConfig(BaseSettings):
     )
 
     # --- sampling --------------------------------------------------------------------------------
-    num_generations: int = Field(4, ge=1, description="Trajectories per task per epoch (group size).")
+    num_generations: int = Field(
+        4, ge=1, description="Trajectories per task per epoch (group size)."
+    )
     num_eval_generations: int = Field(1, ge=1, description="Trajectories per task for eval splits.")
     num_train_epochs: int = Field(1, ge=1, description="Epochs of the training split to sample.")
     max_new_tokens: int = Field(512, ge=1, description="Maximum tokens generated per LLM call.")
@@ -137,6 +143,49 @@ class AgentTrainingConfig(BaseSettings):
         0.2, ge=0.0, le=1.0, description="Score of a well-formed but wrong answer (math)."
     )
 
+    # --- osworld ---------------------------------------------------------------------------------
+    osworld_env_urls: str = Field(
+        "",
+        description=(
+            "Comma-separated URLs of running OSWorld env control servers "
+            "(e.g. http://10.0.0.5:5000), one per env, registered by setup_osworld_envs."
+        ),
+    )
+    osworld_provider: Literal["none", "docker", "vmware", "virtualbox", "aws", "azure"] = Field(
+        "none",
+        description="desktop-env provider that starts OSWorld VMs on LOCAL_RANK 0 (none: URLs only).",
+    )
+    osworld_num_envs: int = Field(
+        1, ge=0, description="OSWorld VMs the desktop-env provider starts per node."
+    )
+    osworld_os_type: str = Field("Ubuntu", description="OS of the OSWorld VMs (Ubuntu, Windows).")
+    osworld_screen_width: int = Field(1920, ge=1, description="Screen width of an env, in pixels.")
+    osworld_screen_height: int = Field(1080, ge=1, description="Screen height of an env, in pixels.")
+    osworld_observation: Literal["a11y_tree", "screenshot", "screenshot_a11y_tree"] = Field(
+        "a11y_tree",
+        description="What the model sees each step: accessibility tree (text), screenshot, or both.",
+    )
+    osworld_max_steps: int = Field(15, ge=1, description="Actions per OSWorld episode at most.")
+    osworld_a11y_max_chars: int = Field(
+        6000, ge=100, description="Characters of the accessibility tree kept per observation."
+    )
+    osworld_on_malformed_action: Literal["continue", "end"] = Field(
+        "continue",
+        description="After an unparsable model output: record a failed step and go on, or end.",
+    )
+    osworld_env_lease_ttl_s: float = Field(
+        60.0, gt=0, description="Seconds an env lease lives without a heartbeat."
+    )
+    osworld_env_wait_s: float = Field(
+        600.0, gt=0, description="Seconds a trajectory waits for a free env before failing."
+    )
+    osworld_request_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds one HTTP call to an env control server may take."
+    )
+    osworld_notes_in_prompt: int = Field(
+        3, ge=0, description="Notes of earlier trajectories of the task shown in the prompt."
+    )
+
     # --- inference -------------------------------------------------------------------------------
     engine: Literal["auto", "sglang", "cpu"] = Field(
         "auto", description="Inference engine: SGLang on GPUs, the CPU engine otherwise (auto)."
@@ -144,7 +193,7 @@ class AgentTrainingConfig(BaseSettings):
     inf_tp_size: int = Field(1, ge=1, description="Tensor-parallel size of each inference engine.")
     inf_ep_size: int = Field(1, ge=1, description="Expert-parallel size of each inference engine.")
     inf_mem_ratio: float = Field(
-        0.8, gt=0.0, le=1.0, description="GPU memory fraction SGLang reserves (--mem-fraction-static)."
+        0.8, gt=0.0, le=1.0, description="GPU memory fraction for SGLang (--mem-fraction-static)."
     )
     engine_host: str = Field("127.0.0.1", description="Host the inference engine binds.")
     engine_base_port: int = Field(
@@ -169,6 +218,52 @@ class AgentTrainingConfig(BaseSettings):
     max_trained_count: int = Field(1, ge=1, description="Times one READY record may be trained on.")
     loss_calculater: Literal["GRPO", "GSPO", "CrossEntropy"] = Field(
         "GRPO", description="Loss: GRPO, GSPO (sequence-level ratio) or CrossEntropy (SFT)."
+    )
+    train_batch_size: int = Field(
+        16, ge=1, description="Trajectories (records) per optimizer step; whole groups are taken."
+    )
+    micro_batch_size: int = Field(
+        4, ge=1, description="Sequences per forward/backward pass (gradient accumulation)."
+    )
+    max_train_seq_len: int = Field(
+        4096, ge=16, description="Longest training sequence in tokens; longer ones are truncated."
+    )
+    max_steps: int = Field(
+        0, ge=0, description="Optimizer steps to run (0: until sampling has finished)."
+    )
+    grad_clip: float = Field(1.0, ge=0.0, description="Max global gradient norm (0: no clipping).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after warmup (over max_steps)."
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warmup.")
+    advantage_std_norm: bool = Field(
+        True, description="Divide group-relative advantages by the group's score std (GRPO)."
+    )
+    advantage_leave_one_out: bool = Field(
+        False, description="Baseline = mean of the other group members' scores (RLOO)."
+    )
+    gspo_epsilon: float = Field(
+        3e-4, ge=0.0, description="GSPO lower clip range of the sequence-level ratio."
+    )
+    gspo_epsilon_higher: float = Field(
+        1e-4, ge=0.0, description="GSPO extra upper clip range: ratio <= 1 + eps + eps_higher."
+    )
+    record_converter: str = Field(
+        "default", description="Registered name of the Record-to-training-data converter."
+    )
+    checkpoint_dir: str = Field(
+        "", description="Checkpoint directory (empty: <output_dir>/<name>/checkpoints)."
+    )
+    checkpoint_every_steps: int = Field(
+        1, ge=1, description="Save optimizer state (a resumable checkpoint) every N steps."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept on disk.")
+    train_poll_interval_s: float = Field(
+        2.0, gt=0, description="Seconds between looks for READY records while waiting."
+    )
+    no_spread_warning_s: float = Field(
+        60.0, gt=0, description="Say so when no group with score spread arrived for this long (s)."
     )
 
     @field_validator("broker_url", "result_backend")
@@ -197,7 +292,7 @@ class AgentTrainingConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_source = InitSettingsSource(settings_cls, init_kwargs=_yaml_values.get())
+        yaml_source = InitSettingsSource(settings_cls, init_kwargs=_yaml_values.get() or {})
         return (init_settings, env_settings, yaml_source)
 
 

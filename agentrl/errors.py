@@ -175,6 +175,73 @@ class DatasetError(RolloutError):
         super().__init__(f"{where}:{what} {reason}")
 
 
+# --- rollout: osworld environments ---------------------------------------------------------------
+
+
+class AgentEnvError(RolloutError):
+    """Base of errors from agent environments (OSWorld VMs and their control servers)."""
+
+
+class NoEnvironmentAvailableError(AgentEnvError):
+    """Raised when no registered environment could be leased within the wait limit.
+
+    Attributes:
+        kind: the environment type asked for (e.g. ``OSWorldEnv``).
+        waited_s: seconds waited, in seconds.
+        registered: environments of that kind that are registered (leased or not).
+    """
+
+    def __init__(self, kind: str, waited_s: float, registered: int) -> None:
+        self.kind, self.waited_s, self.registered = kind, waited_s, registered
+        hint = (
+            "none is registered: run setup_osworld_envs (osworld_env_urls / osworld_provider)"
+            if registered == 0
+            else "all are leased; add envs or lower max_concurrent_samples_per_process"
+        )
+        super().__init__(f"no {kind} free after {waited_s:.0f} s ({registered} registered; {hint})")
+
+
+class EnvLeaseLostError(AgentEnvError):
+    """Raised when an env lease expired or was taken over while its holder still ran.
+
+    Attributes:
+        env_name: the environment's unique name.
+        owner: the lease owner that lost it.
+    """
+
+    def __init__(self, env_name: str, owner: str) -> None:
+        self.env_name, self.owner = env_name, owner
+        super().__init__(f"lease on env {env_name!r} held by {owner!r} expired or was taken over")
+
+
+class EnvRequestError(AgentEnvError):
+    """Raised when an env control server does not answer or answers with an error.
+
+    Attributes:
+        url: the URL called.
+        reason: what went wrong (status code and body, or the transport error).
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"env control server {url}: {reason}")
+
+
+class ProviderUnavailableError(AgentEnvError):
+    """Raised when a desktop-env provider is configured but the package cannot be imported.
+
+    Attributes:
+        provider: the configured provider (docker, vmware, aws...).
+    """
+
+    def __init__(self, provider: str, cause: str) -> None:
+        self.provider = provider
+        super().__init__(
+            f"osworld_provider={provider!r} needs the desktop-env package "
+            f"(`pip install desktop-env`, see docs/osworld.md): {cause}"
+        )
+
+
 # --- inference -----------------------------------------------------------------------------------
 
 
@@ -225,3 +292,63 @@ class AlignmentError(TrainingError):
     def __init__(self, record_id: str, reason: str) -> None:
         self.record_id = record_id
         super().__init__(f"record {record_id}: {reason}")
+
+
+class UnknownConverterError(TrainingError):
+    """Raised when ``record_converter`` names no registered Record-to-data converter.
+
+    Attributes:
+        name: the name asked for.
+        known: the registered names.
+    """
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, known
+        super().__init__(
+            f"no record converter registered as {name!r}; registered: {sorted(known)} "
+            "(register one with @register_record_converter(name))"
+        )
+
+
+class UnknownLossError(TrainingError):
+    """Raised when ``loss_calculater`` names no registered loss function.
+
+    Attributes:
+        name: the name asked for.
+        known: the registered names.
+    """
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, known
+        super().__init__(f"no loss registered as {name!r}; registered: {sorted(known)}")
+
+
+class CheckpointError(TrainingError):
+    """Raised when a checkpoint cannot be written or read back.
+
+    Attributes:
+        path: the checkpoint directory.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(f"checkpoint {path}: {reason}")
+
+
+class ChildProcessFailedError(TrainingError):
+    """Raised when a child process of ``agentrl run`` (engine, worker, beat) exits early.
+
+    Attributes:
+        name: the child's role (``worker``, ``beat``...).
+        returncode: its exit status.
+        log_file: where its output went.
+        log_tail: the last lines it printed.
+    """
+
+    def __init__(self, name: str, returncode: int | None, log_file: str, log_tail: str) -> None:
+        self.name, self.returncode, self.log_file, self.log_tail = (
+            name, returncode, log_file, log_tail,
+        )
+        super().__init__(
+            f"child process {name!r} exited with status {returncode} (log: {log_file})\n{log_tail}"
+        )

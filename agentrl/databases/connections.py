@@ -36,7 +36,7 @@ def connect_redis(url: str) -> redis.Redis:
 
 
 def mongo_uri(config: AgentTrainingConfig) -> str:
-    """The MongoDB URI to use: the configured one, else the embedded server's (started if needed)."""
+    """The MongoDB URI: the configured one, else the embedded server's (started if needed)."""
     return config.db_connection_string or ensure_embedded_mongo(config.embedded_db_dir)
 
 

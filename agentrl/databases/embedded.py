@@ -93,11 +93,16 @@ def ensure_embedded_mongo(data_dir: str | Path) -> str:
         log = data_dir / "server.log"
         cmd = [
             *_executable(),
-            "--data-dir", str(data_dir / "data"),
-            "--host", "127.0.0.1",
-            "-p", str(port),
-            "--log-file", str(log),
-            "--pid-file", str(data_dir / "server.pid"),
+            "--data-dir",
+            str(data_dir / "data"),
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--log-file",
+            str(log),
+            "--pid-file",
+            str(data_dir / "server.pid"),
             "-d",
         ]
         (data_dir / "data").mkdir(exist_ok=True)
@@ -106,9 +111,11 @@ def ensure_embedded_mongo(data_dir: str | Path) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if _ping(uri, 0.5):
-                pid = (data_dir / "server.pid").read_text().strip() if (
-                    data_dir / "server.pid"
-                ).exists() else ""
+                pid = (
+                    (data_dir / "server.pid").read_text().strip()
+                    if (data_dir / "server.pid").exists()
+                    else ""
+                )
                 (data_dir / STATE_FILE).write_text(json.dumps({"port": port, "pid": pid}))
                 return uri
             time.sleep(0.2)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from types import TracebackType
 
 import redis
-from redis.exceptions import LockError, LockNotOwnedError as RedisLockNotOwnedError
+from redis.exceptions import LockError
+from redis.exceptions import LockNotOwnedError as RedisLockNotOwnedError
 
 from agentrl.errors import LockNotOwnedError
 

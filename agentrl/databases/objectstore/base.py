@@ -42,7 +42,7 @@ class ObjectStore(ABC):
     @staticmethod
     def key_of(ref: str) -> str:
         """The key inside a reference (``objstore://a/b`` → ``a/b``)."""
-        return ref[len(REF_SCHEME):] if ref.startswith(REF_SCHEME) else ref
+        return ref[len(REF_SCHEME) :] if ref.startswith(REF_SCHEME) else ref
 
 
 def _content_key(prefix: str, data: bytes, ext: str) -> str:

@@ -30,7 +30,8 @@ class S3ObjectStore(ObjectStore):
         bucket = url.path.strip("/")
         if url.scheme not in ("s3", "minio") or not url.hostname or not bucket:
             raise ConfigError(
-                "oss_connection_string", "s3://***",
+                "oss_connection_string",
+                "s3://***",
                 "expected s3://ACCESS:SECRET@HOST:PORT/BUCKET",
             )
         query = parse_qs(url.query)
