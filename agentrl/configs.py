@@ -83,7 +83,7 @@ class AgentTrainingConfig(BaseSettings):
     key_prefix: str = Field("agentrl", description="Prefix of every Redis key and queue name.")
     visibility_timeout_s: int = Field(
         7200,
-        ge=60,
+        ge=1,
         description="Redis broker visibility timeout in seconds (longer than any trajectory).",
     )
     lease_ttl_s: float = Field(
@@ -185,6 +185,25 @@ class AgentTrainingConfig(BaseSettings):
     osworld_notes_in_prompt: int = Field(
         3, ge=0, description="Notes of earlier trajectories of the task shown in the prompt."
     )
+
+    # --- jobs (Celery, beat, leases) --------------------------------------------------------------
+    beat_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between beat's push_epoch(split) checks."
+    )
+    housekeeping_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between re-enqueues of trajectories whose lease expired."
+    )
+    max_sample_attempts: int = Field(
+        3, ge=1, description="Times a failing trajectory is started before it is scored 0."
+    )
+    sampler_modules: str = Field(
+        "",
+        description=(
+            "Comma-separated modules a sampling worker imports at start to register samplers "
+            "and task classes (e.g. 'mypkg.samplers')."
+        ),
+    )
+    eval_epochs: int = Field(1, ge=1, description="Epochs pushed for a split other than train.")
 
     # --- inference -------------------------------------------------------------------------------
     engine: Literal["auto", "sglang", "cpu"] = Field(

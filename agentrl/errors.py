@@ -175,6 +175,32 @@ class DatasetError(RolloutError):
         super().__init__(f"{where}:{what} {reason}")
 
 
+class TrajectoryLeasedError(NoTaskAvailableError, RolloutError):
+    """Raised when a trajectory is claimed while another holder's lease on it is live (a
+    redelivered message whose first copy still runs).
+
+    Attributes:
+        record_id: the Record identity ``task_id:traj_id:epoch``.
+    """
+
+    def __init__(self, record_id: str) -> None:
+        self.record_id = record_id
+        super().__init__(f"trajectory {record_id} is leased by a live sampler; not started twice")
+
+
+class TrajectoryFinishedError(NoTaskAvailableError, RolloutError):
+    """Raised when a trajectory is claimed whose Record is already scored (a late redelivery).
+
+    Attributes:
+        record_id: the Record identity ``task_id:traj_id:epoch``.
+        status: the Record's status.
+    """
+
+    def __init__(self, record_id: str, status: str) -> None:
+        self.record_id, self.status = record_id, status
+        super().__init__(f"trajectory {record_id} is already {status}; nothing to sample")
+
+
 # --- rollout: osworld environments ---------------------------------------------------------------
 
 
@@ -273,6 +299,36 @@ class NoServiceAvailableError(InferenceError):
     def __init__(self, model: str, waited_s: float) -> None:
         self.model, self.waited_s = model, waited_s
         super().__init__(f"no UP inference service serves {model!r} after {waited_s:.0f} s")
+
+
+class WeightUpdateError(InferenceError):
+    """Raised when an engine cannot load new weights (bad directory, tensor or shape mismatch).
+
+    Attributes:
+        model_path: the weights directory.
+        reason: what went wrong.
+    """
+
+    def __init__(self, model_path: str, reason: str) -> None:
+        self.model_path, self.reason = model_path, reason
+        super().__init__(f"cannot load weights from {model_path}: {reason}")
+
+
+class InferenceRequestError(InferenceError):
+    """Raised when an LLM call fails (after retries for transient errors).
+
+    Attributes:
+        endpoint: the service URL called.
+        status_code: the HTTP status, when the service answered.
+        transient: whether a retry may succeed (connection errors, 429, 5xx).
+    """
+
+    def __init__(
+        self, endpoint: str, reason: str, status_code: int | None = None, transient: bool = False
+    ) -> None:
+        self.endpoint, self.status_code, self.transient = endpoint, status_code, transient
+        status = f" (HTTP {status_code})" if status_code is not None else ""
+        super().__init__(f"request to {endpoint} failed{status}: {reason}")
 
 
 # --- training ------------------------------------------------------------------------------------
