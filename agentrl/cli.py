@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import typer
 
+from agentrl.driver.cli import RUN_COMMAND, run
+from agentrl.inference.cli import engine_app, services_app
+from agentrl.training.cli import TRAIN_COMMAND, train
+
 app = typer.Typer(
     name="agentrl",
     help="Asynchronous RL for LLM agents on Celery: run, train, serve, sample, inspect.",
@@ -13,6 +17,10 @@ app = typer.Typer(
 )
 
 # Subcommand groups are registered below (app.add_typer / app.command), one line per subsystem.
+app.add_typer(engine_app, name="engine")
+app.add_typer(services_app, name="services")
+app.command(**TRAIN_COMMAND)(train)
+app.command(**RUN_COMMAND)(run)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -221,6 +221,40 @@ class AgentTrainingConfig(BaseSettings):
     engine_start_timeout_s: float = Field(
         600.0, gt=0, description="Seconds to wait for an engine's /health_generate."
     )
+    engine_max_batch_size: int = Field(
+        64, ge=1, description="Most sequences the CPU engine decodes together in one batch."
+    )
+    engine_batch_wait_s: float = Field(
+        0.005, ge=0.0, description="Seconds the CPU engine waits for requests to join a batch."
+    )
+    service_wait_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Seconds an LLM call waits while no service is UP (weight update).",
+    )
+    service_heartbeat_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds after its last heartbeat that a service stops getting traffic.",
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Seconds one HTTP call to an inference service may take."
+    )
+    request_max_attempts: int = Field(
+        3, ge=1, description="Attempts per LLM call on transient errors (connection, 429, 5xx)."
+    )
+    release_drain_timeout_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="Seconds release_memory_occupation waits for in-flight requests, then pauses.",
+    )
+    external_services: list[dict[str, str]] = Field(
+        default_factory=list,
+        description=(
+            "External OpenAI-compatible services to register: a list of {url, model, api_key} "
+            "(JSON in env/flags)."
+        ),
+    )
 
     # --- training --------------------------------------------------------------------------------
     learning_rate: float = Field(1e-6, gt=0.0, description="AdamW learning rate.")
@@ -284,13 +318,6 @@ class AgentTrainingConfig(BaseSettings):
     no_spread_warning_s: float = Field(
         60.0, gt=0, description="Say so when no group with score spread arrived for this long (s)."
     )
-
-    @field_validator("broker_url", "result_backend")
-    @classmethod
-    def _no_pickle_in_url(cls, v: str) -> str:
-        if "serializer=pickle" in v:
-            raise ValueError("messages are JSON; remove serializer=pickle from the URL")
-        return v
 
     @property
     def effective_broker_url(self) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -94,16 +94,41 @@ class LossFunction(Protocol):
 
 
 _LOSSES: dict[str, LossFunction] = {}
+_NORMALIZE_BY: dict[str, Literal["tokens", "sequences"]] = {}
 
 
-def register_loss(name: str) -> Callable[[LossFunction], LossFunction]:
-    """Register a loss function under ``name`` (the value of ``loss_calculater``)."""
+def register_loss(
+    name: str, normalize_by: Literal["tokens", "sequences"] = "tokens"
+) -> Callable[[LossFunction], LossFunction]:
+    """Register a loss function under ``name`` (the value of ``loss_calculater``).
+
+    Args:
+        name: the registered name.
+        normalize_by: what its ``normalizer`` counts over the whole batch (see
+            :func:`loss_normalizer`).
+    """
 
     def decorator(fn: LossFunction) -> LossFunction:
         _LOSSES[name] = fn
+        _NORMALIZE_BY[name] = normalize_by
         return fn
 
     return decorator
+
+
+def loss_normalizer(name: str, loss_mask: torch.Tensor) -> float:
+    """The ``normalizer`` of loss ``name`` for a whole batch, so micro-batches add up to it.
+
+    Args:
+        name: a registered loss.
+        loss_mask: ``(B, T)`` loss mask of the whole batch.
+
+    Returns:
+        Trained tokens (token-level losses) or sequences with trained tokens (GSPO), at least 1.
+    """
+    if _NORMALIZE_BY.get(name, "tokens") == "sequences":
+        return max(1.0, float((loss_mask.sum(-1) > 0).sum().item()))
+    return max(1.0, float(loss_mask.sum().item()))
 
 
 def get_loss(name: str) -> LossFunction:
@@ -233,7 +258,7 @@ def grpo_loss(
     return LossOutput(per_token.sum() / denominator, metrics)
 
 
-@register_loss("GSPO")
+@register_loss("GSPO", normalize_by="sequences")
 def gspo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

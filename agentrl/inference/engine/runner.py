@@ -13,6 +13,7 @@ weights can be swapped between two decode steps.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -145,6 +146,8 @@ class ModelRunner:
     def _load(self, path: str) -> None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.eval()
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.model = model
 
     @property
@@ -287,11 +290,11 @@ class ModelRunner:
                     input_ids=step_ids,
                     attention_mask=mask,
                     position_ids=step_pos,
-                    past_key_values=cache,
                     use_cache=True,
                     logits_to_keep=1,
+                    **{self._cache_kw: cache},
                 )
-            cache = out.past_key_values
+            cache = getattr(out, "cache", None) or out.past_key_values
             tokens, logprobs = sample_next(out.logits[:, -1, :].float(), active)
             keep = []
             for i, req in enumerate(active):

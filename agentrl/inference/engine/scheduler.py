@@ -6,9 +6,10 @@ arrive meanwhile form the next batch. So 16 concurrent requests cost about one f
 token instead of 16. Results go back to the asyncio loop of the HTTP server through futures.
 
 Control (the SGLang semantics the manager relies on):
-- ``pause(mode="in_place"|"retract")`` holds decoding between two steps until ``resume_generation``;
-  ``pause(mode="abort")`` also ends every running and waiting request with ``finish_reason="abort"``.
-- While the model's memory is released, requests wait in the queue (they do not fail).
+- ``pause(mode="in_place"|"retract")`` holds decoding between two steps until
+  ``resume_generation``; ``pause(mode="abort")`` also ends every running and waiting request with
+  ``finish_reason="abort"``.
+- While the model's memory is released, requests wait (they do not fail).
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ class BatchScheduler:
     # --- worker --------------------------------------------------------------------------------
 
     def _before_step(self) -> bool:
-        """Hold between decode steps while paused; False aborts the batch."""
-        while not self._unpaused.wait(0.05):
+        """Hold between decode steps while paused or released; False aborts the batch."""
+        while not (self._unpaused.wait(0.05) and self.runner.loaded):
             if self._abort.is_set() or self._stop.is_set():
                 return False
+            if self._unpaused.is_set():
+                time.sleep(0.05)
         return not self._abort.is_set()
 
     def _collect(self) -> list[_Job]:

@@ -28,7 +28,9 @@ SPECIAL_CODES: tuple[SpecialCode, ...] = ("WAIT", "DONE", "FAIL")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)```", re.DOTALL)
 _SPECIAL_ALONE = re.compile(r"^[\s`'\"*(\[]*(WAIT|DONE|FAIL)[\s`'\".!*)\]]*$")
 _SPECIAL_LAST = re.compile(r"\b(WAIT|DONE|FAIL)\b[\s`'\".!*)\]]*$")
-_CODE_START = re.compile(r"^\s*(import pyautogui|from pyautogui|pyautogui\.|import time|time\.sleep)")
+_CODE_START = re.compile(
+    r"^\s*(import pyautogui|from pyautogui|pyautogui\.|import time|time\.sleep)"
+)
 _CODE_LANGS = {"", "python", "py", "python3", "pyautogui"}
 
 

@@ -58,7 +58,9 @@ class OSworldTask(Task):
         return str(self.task_config.get("id", ""))
 
 
-def make_task(example: dict[str, Any], file: str, line: int | None, domain: str = "") -> OSworldTask:
+def make_task(
+    example: dict[str, Any], file: str, line: int | None, domain: str = ""
+) -> OSworldTask:
     """Build an :class:`OSworldTask` from one OSWorld example.
 
     Args:
@@ -75,7 +77,8 @@ def make_task(example: dict[str, Any], file: str, line: int | None, domain: str 
             that is not a list of ``{"type", "parameters"}`` steps.
     """
     if not isinstance(example, dict):
-        raise DatasetError(file, line, f"an example must be a JSON object, got {type(example).__name__}")
+        kind = type(example).__name__
+        raise DatasetError(file, line, f"an example must be a JSON object, got {kind}")
     for name in REQUIRED_FIELDS:
         if name not in example:
             raise DatasetError(file, line, "missing", field=name)
@@ -86,7 +89,8 @@ def make_task(example: dict[str, Any], file: str, line: int | None, domain: str 
         raise DatasetError(file, line, "must be a list of {type, parameters} steps", field="config")
     task_config = {**example, "config": steps, "proxy": True}
     return OSworldTask(
-        task_config=task_config, instruction=example["instruction"], domain=domain, sampler="osworld"
+        task_config=task_config, instruction=example["instruction"], domain=domain,
+        sampler="osworld",
     )
 
 
@@ -191,7 +195,9 @@ class OSworldDataset(Dataset):
                 self._fail(exc)
         return tasks
 
-    def _from_index(self, index: dict[str, list[str]], domains: list[str] | None) -> list[OSworldTask]:
+    def _from_index(
+        self, index: dict[str, list[str]], domains: list[str] | None
+    ) -> list[OSworldTask]:
         root = self.path.parent / "examples"
         tasks: list[OSworldTask] = []
         for domain, ids in index.items():

@@ -1,0 +1,152 @@
+"""The Celery app: Redis queues carry sampling claims; beat pushes epochs and re-sends claims
+whose lease expired.
+
+``celery -A agentrl worker`` and ``celery -A agentrl beat`` work with no other flags: the app reads
+its configuration with :func:`agentrl.configs.load_config` (YAML from ``$AGENTRL_CONFIG`` plus
+``AGENTRL_*`` variables) the first time it is used. Settings (see :func:`celery_settings`):
+
+- JSON only (``task_serializer``/``accept_content``), never pickle;
+- ``task_acks_late`` + ``task_reject_on_worker_lost``, prefetch multiplier 1;
+- the Redis visibility timeout from ``visibility_timeout_s`` (recovery of a dead worker's
+  trajectories does not wait for it: see :mod:`agentrl.rollout.leases`);
+- queues ``sampling`` and ``evaluation``; every Redis key of the broker and the result backend
+  starts with ``<key_prefix>:`` (kombu's ``global_keyprefix``), so runs never share queues;
+- task events on (Flower shows the running sampling jobs);
+- the ``threads`` pool with ``max_concurrent_samples_per_process`` threads: each thread hands its
+  trajectory to the process's one asyncio event loop (:mod:`workers.runtime`) and waits, so one
+  worker process keeps that many trajectories in flight;
+- beat's schedule: ``push_epoch(split)`` every ``beat_interval_s`` and housekeeping every
+  ``housekeeping_interval_s``, run inside the beat process (:mod:`beat.schedule`).
+
+Start from Python or a subprocess::
+
+    AGENTRL_CONFIG=run.yaml celery -A agentrl worker -Q sampling,evaluation
+    AGENTRL_CONFIG=run.yaml celery -A agentrl beat
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from agentrl.configs import AgentTrainingConfig, load_config
+from agentrl.rollout.claims import Claim
+
+SAMPLE_TASK = "agentrl.sample"
+"""Name of the sampling job: kwargs are a :class:`Claim` (JSON)."""
+PUSH_EPOCH_TASK = "agentrl.push_epoch"
+"""Name of the epoch-push job (args: ``split``)."""
+HOUSEKEEPING_TASK = "agentrl.housekeeping"
+"""Name of the job re-sending claims whose lease expired."""
+SAMPLING_QUEUE = "sampling"
+EVALUATION_QUEUE = "evaluation"
+TASK_MODULES = ["workers.sampling", "beat.schedule", "agentrl.rollout.math"]
+"""Modules every worker and beat import (they register the jobs and the built-in samplers)."""
+
+
+def celery_settings(config: AgentTrainingConfig) -> dict[str, Any]:
+    """The Celery settings for ``config`` (see the module docstring)."""
+    prefix = {"global_keyprefix": f"{config.key_prefix}:"}
+    extra = [m.strip() for m in config.sampler_modules.split(",") if m.strip()]
+    schedule: dict[str, Any] = {
+        "push-epoch-train": {
+            "task": PUSH_EPOCH_TASK, "schedule": config.beat_interval_s, "args": ("train",),
+        },
+        "housekeeping": {"task": HOUSEKEEPING_TASK, "schedule": config.housekeeping_interval_s},
+    }
+    if config.eval_file:
+        schedule["push-epoch-eval"] = {
+            "task": PUSH_EPOCH_TASK, "schedule": config.beat_interval_s, "args": ("eval",),
+        }
+    # kombu sweeps unacked messages every interval*throttle seconds; keep that near
+    # visibility/2 for short timeouts and at its default (100 s) for long ones
+    restore_interval_s = max(1, min(10, config.visibility_timeout_s // 2))
+    restore_throttle = max(1, min(10, config.visibility_timeout_s // (2 * restore_interval_s)))
+    return {
+        "broker_url": config.effective_broker_url,
+        "result_backend": config.effective_result_backend,
+        "broker_transport_options": {
+            "visibility_timeout": config.visibility_timeout_s,
+            "unacked_restore_interval": restore_interval_s,
+            "unacked_restore_throttle": restore_throttle,
+            **prefix,
+        },
+        "result_backend_transport_options": dict(prefix),
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "task_track_started": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_pool": "threads",
+        "worker_concurrency": config.max_concurrent_samples_per_process,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "task_queues": [Queue(SAMPLING_QUEUE), Queue(EVALUATION_QUEUE)],
+        "task_default_queue": SAMPLING_QUEUE,
+        "imports": [*TASK_MODULES, *extra],
+        "beat_schedule": schedule,
+        "beat_scheduler": "beat.schedule:LocalScheduler",
+        "beat_max_loop_interval": max(1.0, min(config.beat_interval_s, 5.0)),
+    }
+
+
+def make_app(config: AgentTrainingConfig | None = None) -> Celery:
+    """A Celery app for ``config``; ``None`` loads the configuration lazily on first use.
+
+    The configuration is kept as ``app.agentrl_config`` (read it with :func:`app_config`).
+    """
+    app = Celery("agentrl", set_as_current=config is None)
+
+    def configure(sender: Celery, **_: Any) -> None:
+        cfg = getattr(sender, "agentrl_config", None) or load_config()
+        sender.agentrl_config = cfg
+        sender.conf.update(celery_settings(cfg))
+
+    if config is not None:
+        app.agentrl_config = config
+    app.on_configure.connect(configure, weak=False)
+    return app
+
+
+def app_config(app: Celery) -> AgentTrainingConfig:
+    """The configuration the app was built with (loading it if the app is not configured)."""
+    cfg = getattr(app, "agentrl_config", None)
+    if cfg is None:
+        _ = app.conf.broker_url  # configures the app (on_configure)
+        cfg = app.agentrl_config
+    return cfg
+
+
+def queue_for(split: str) -> str:
+    """The queue a claim of ``split`` goes to: ``sampling`` for train, ``evaluation`` otherwise."""
+    return SAMPLING_QUEUE if split == "train" else EVALUATION_QUEUE
+
+
+def enqueue_claims(app: Celery, claims: Iterable[Claim]) -> int:
+    """Send one sampling message per claim over one broker connection.
+
+    Returns:
+        The number of messages sent.
+    """
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for claim in claims:
+            app.send_task(
+                SAMPLE_TASK, kwargs=claim.to_json(), queue=queue_for(claim.split),
+                producer=producer,
+            )
+            sent += 1
+    return sent
+
+
+app = make_app()
+"""The app ``celery -A agentrl`` finds (configured from ``load_config()`` on first use)."""

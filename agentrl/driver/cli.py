@@ -1,0 +1,50 @@
+"""``agentrl run CONFIG``: the main job on one machine."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_config_flags
+from agentrl.configs import load_config
+from agentrl.driver.main_job import run_main_job
+
+
+def run(
+    ctx: typer.Context,
+    config_file: Path = typer.Argument(..., help="YAML config, e.g. examples/gsm8k.yaml."),  # noqa: B008
+    external_workers: bool = typer.Option(
+        False, help="Use running Celery workers and beat instead of starting them."
+    ),
+    fresh: bool = typer.Option(
+        False, help="Forget a previous run of the same name (database, keys, checkpoints)."
+    ),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Sample with Celery workers and train with GRPO until sampling has finished.
+
+    Starts (when not running) Redis, the embedded MongoDB-wire server, the inference engine, a
+    sampling worker and beat; stops them all at the end or on Ctrl-C. Writes
+    runs/<name>/summary.json and runs/<name>/reward.png. A rerun with the same name resumes
+    from its last checkpoint (use --fresh to start over).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_config(config_file, **parse_config_flags(ctx.args))
+    result = run_main_job(
+        config, external_workers=external_workers, fresh=fresh, show_progress=progress
+    )
+    console = Console()
+    console.print(f"[bold green]done[/]: {result.steps} optimizer steps")
+    console.print(f"summary: {result.summary}")
+    console.print(f"plot:    {result.plot}")
+
+
+RUN_COMMAND = {
+    "name": "run",
+    "context_settings": CONFIG_FLAGS_CONTEXT,
+    "epilog": config_flags_help(),
+}
+"""Keyword arguments of ``app.command`` for :func:`run`."""

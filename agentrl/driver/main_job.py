@@ -1,0 +1,168 @@
+"""``agentrl run``: the whole system on one machine, from a YAML file to a trained policy.
+
+The driver reads like the algorithm::
+
+    redis     = ensure_redis()                   # a local redis-server if none answers
+    dbs       = init_databases(config)           # starts the embedded MongoDB-wire server
+    engine    = InferenceManager(config, dbs)    # CPU engine (or SGLang), registered UP
+    children  = worker, beat                     # celery -A agentrl worker / beat
+    Trainer(publish=ManagerWeightPublisher(engine)).train()   # until sampling has finished
+    summary.json, reward.png                     # runs/<name>/
+
+Every child is stopped on exit, on an error and on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import yaml
+
+from agentrl.configs import CONFIG_ENV_VAR, AgentTrainingConfig
+from agentrl.databases import Databases, init_databases
+from agentrl.driver.children import ChildProcess, ensure_redis, start_beat, start_worker
+from agentrl.driver.report import plot_rewards, write_summary
+from agentrl.inference.manager import InferenceManager
+from agentrl.rollout.epochs import split_done
+from agentrl.training.checkpoint import checkpoint_root
+from agentrl.training.metrics import read_metrics
+from agentrl.training.trainer import Trainer
+from agentrl.training.weights import ManagerWeightPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """Where a finished run's outputs are.
+
+    Attributes:
+        run_dir: ``runs/<name>``.
+        summary: ``summary.json``.
+        plot: ``reward.png``.
+        steps: optimizer steps in the metrics file.
+    """
+
+    run_dir: Path
+    summary: Path
+    plot: Path
+    steps: int
+
+
+def run_dir_of(config: AgentTrainingConfig) -> Path:
+    """``<output_dir>/<name>``."""
+    return Path(config.output_dir) / config.name
+
+
+def child_env(config: AgentTrainingConfig, dbs: Databases, config_file: Path) -> dict[str, str]:
+    """The environment of worker and beat: this one plus every config value as ``AGENTRL_*``.
+
+    The resolved MongoDB URI is passed, so children use the server this process started.
+    """
+    env = dict(os.environ)
+    values = config.model_dump(mode="json")
+    values["db_connection_string"] = dbs.mongo_uri
+    for key, value in values.items():
+        env[f"AGENTRL_{key.upper()}"] = (
+            json.dumps(value) if isinstance(value, dict | list) else str(value)
+        )
+    env[CONFIG_ENV_VAR] = str(config_file)
+    return env
+
+
+def write_config(config: AgentTrainingConfig, run_dir: Path) -> Path:
+    """Save the resolved configuration as ``runs/<name>/config.yaml``."""
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def clear_run(config: AgentTrainingConfig, dbs: Databases) -> None:
+    """Forget a previous run of the same name: its database, Redis keys, checkpoints, metrics."""
+    dbs.store.client.drop_database(config.db_name)
+    dbs.store.create_indexes()
+    keys = list(dbs.redis.scan_iter(match=f"{config.key_prefix}:*", count=1000))
+    if keys:
+        dbs.redis.delete(*keys)
+    shutil.rmtree(checkpoint_root(config), ignore_errors=True)
+    (run_dir_of(config) / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_main_job(
+    config: AgentTrainingConfig,
+    *,
+    external_workers: bool = False,
+    fresh: bool = False,
+    show_progress: bool = True,
+) -> RunResult:
+    """Run sampling and training on this machine until sampling has finished (or max_steps).
+
+    Args:
+        config: the run configuration.
+        external_workers: use already running Celery workers and beat instead of starting them.
+        fresh: forget a previous run of the same name first (otherwise it is resumed).
+        show_progress: draw the trainer's progress bar.
+
+    Returns:
+        The paths of the run's outputs.
+
+    Raises:
+        ChildProcessFailedError: the worker or beat exited during the run.
+        ServiceUnavailableError: Redis or MongoDB cannot be reached or started.
+        EngineStartError: the inference engine did not start.
+    """
+    started = time.monotonic()
+    run_dir = run_dir_of(config)
+    log_dir = run_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    children: list[ChildProcess] = []
+    redis_child = ensure_redis(config, log_dir)
+    dbs: Databases | None = None
+    try:
+        dbs = init_databases(config)
+        if fresh:
+            clear_run(config, dbs)
+        config_file = write_config(config, run_dir)
+        with InferenceManager(config, dbs) as manager:
+            if not external_workers:
+                env = child_env(config, dbs, config_file)
+                children += [start_worker(config.name, log_dir, env), start_beat(log_dir, env)]
+                (log_dir / "pids").write_text(
+                    "".join(f"{c.process.pid} {c.role}\n" for c in children)
+                )
+
+            def sampling_finished() -> bool:
+                for child in children:
+                    child.check()
+                return split_done(dbs, "train")
+
+            trainer = Trainer(
+                config, dbs, ManagerWeightPublisher([manager], dbs),
+                sampling_finished=sampling_finished, show_progress=show_progress,
+            )
+            trainer.train()
+            steps = read_metrics(trainer.metrics_path)
+        summary = write_summary(run_dir, steps, dbs, time.monotonic() - started)
+        plot = plot_rewards(run_dir, steps)
+        return RunResult(run_dir=run_dir, summary=summary, plot=plot, steps=len(steps))
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if dbs is not None:
+            dbs.close()
+        if redis_child is not None:
+            redis_child.stop()
+        signal.signal(signal.SIGTERM, previous_sigterm)

@@ -1,0 +1,95 @@
+"""The end-of-run report: ``runs/<name>/summary.json`` and ``runs/<name>/reward.png``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus  # noqa: E402
+from agentrl.training import metrics as M  # noqa: E402
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def records_per_status(dbs: Databases, split: str = "train") -> dict[str, int]:
+    """Records of ``split`` per status."""
+    coll = dbs.store.collection(Record)
+    return {
+        s.value: coll.count_documents({"split": split, "status": s.value}) for s in RecordStatus
+    }
+
+
+def tokens_sampled(dbs: Databases) -> int:
+    """Completion tokens sampled by every LLM call of the run."""
+    total = 0
+    for raw in dbs.store.collection(DispatchedSamplingTask).find({}, {"completion_token_ids": 1}):
+        total += len(raw.get("completion_token_ids") or [])
+    return total
+
+
+def write_summary(
+    run_dir: Path, steps: list[dict[str, Any]], dbs: Databases, wall_time_s: float
+) -> Path:
+    """Write ``summary.json``: steps, per-step reward and rates, records, tokens, wall time.
+
+    Args:
+        run_dir: ``runs/<name>``.
+        steps: the per-step metrics (from the metrics JSONL), in step order.
+        dbs: connections (record and dispatch counts).
+        wall_time_s: the run's wall time in seconds.
+
+    Returns:
+        The path of ``summary.json``.
+    """
+    summary = {
+        "steps": len(steps),
+        "global_step": dbs.global_step.get(),
+        "reward_per_step": [_finite(s.get(M.REWARD_MEAN)) for s in steps],
+        "correct_rate_per_step": [_finite(s.get(M.ROLLOUT_CORRECT_RATE)) for s in steps],
+        "well_formed_rate_per_step": [_finite(s.get(M.ROLLOUT_WELL_FORMED_RATE)) for s in steps],
+        "clip_fraction_per_step": [_finite(s.get(M.CLIP_REGION)) for s in steps],
+        "staleness_per_step": [_finite(s.get(M.STALENESS_MEAN)) for s in steps],
+        "records_per_status": records_per_status(dbs),
+        "tokens_sampled": tokens_sampled(dbs),
+        "wall_time_s": round(wall_time_s, 1),
+    }
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def plot_rewards(run_dir: Path, steps: list[dict[str, Any]]) -> Path:
+    """Write ``reward.png``: reward, clip fraction and staleness per step (three panels).
+
+    Returns:
+        The path of ``reward.png``.
+    """
+    x = [int(s["step"]) for s in steps]
+    panels = (
+        (M.REWARD_MEAN, "reward (mean)"),
+        (M.CLIP_REGION, "clip fraction"),
+        (M.STALENESS_MEAN, "staleness (steps)"),
+    )
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 7), sharex=True)
+    for ax, (name, label) in zip(axes, panels, strict=True):
+        y = [_finite(s.get(name)) for s in steps]
+        ax.plot(x, [v if v is not None else math.nan for v in y], marker="o")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("optimizer step")
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    path = run_dir / "reward.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

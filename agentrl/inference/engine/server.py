@@ -1,0 +1,79 @@
+"""`serve()`: load a model and run the CPU engine's HTTP server until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from agentrl.inference.engine.app import EngineState, create_app
+from agentrl.inference.engine.runner import ModelRunner
+from agentrl.inference.engine.scheduler import BatchScheduler
+from agentrl.inference.model_files import DEFAULT_MODEL_NAME, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    model: str | Path = "",
+    port: int = 30000,
+    host: str = "127.0.0.1",
+    served_model_name: str = DEFAULT_MODEL_NAME,
+    seed: int = 0,
+    max_batch_size: int = 64,
+    batch_wait_s: float = 0.005,
+    weight_version: str = "0",
+) -> None:
+    """Load ``model`` and serve it on ``host:port`` until SIGINT/SIGTERM.
+
+    Args:
+        model: a local HF model directory; empty uses the cached SmolLM2-135M-Instruct.
+        port: TCP port.
+        host: interface to bind.
+        served_model_name: the model name of ``/v1/models`` and responses.
+        seed: sampling seed.
+        max_batch_size: most sequences decoded together (rows).
+        batch_wait_s: seconds the scheduler waits for requests to join a batch.
+        weight_version: the version reported for the weights loaded at start.
+
+    Raises:
+        InferenceError: ``model`` is not a local directory.
+    """
+    path = resolve_model_path(str(model))
+    runner = ModelRunner(path, seed=seed)
+    scheduler = BatchScheduler(runner, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
+    scheduler.start()
+    app = create_app(EngineState(runner, scheduler, served_model_name, weight_version))
+    log.info("CPU engine serving %s as %r on %s:%d", path, served_model_name, host, port)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        scheduler.shutdown()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m agentrl.inference.engine`` (the manager launches it so)."""
+    parser = argparse.ArgumentParser(description="agentrl CPU inference engine")
+    parser.add_argument("--model", default="", help="HF model directory (default: SmolLM2)")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--served-model-name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--batch-wait-s", type=float, default=0.005)
+    parser.add_argument("--weight-version", default="0")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m agentrl.inference.engine``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(
+        model=args.model, port=args.port, host=args.host,
+        served_model_name=args.served_model_name, seed=args.seed,
+        max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_s,
+        weight_version=args.weight_version,
+    )

@@ -1,0 +1,228 @@
+"""Epoch pushes and housekeeping: the two periodic jobs beat runs.
+
+:func:`push_epoch` turns a dataset into Task documents and sampling claims, one epoch at a time:
+
+1. under the Redis lock ``push_epoch:<split>`` (two beats or schedulers never push together),
+2. if the latest epoch of the split is finished (every task COMPLETED) and fewer than
+   ``num_train_epochs`` epochs (``eval_epochs`` for other splits) were pushed, and no more than
+   ``max_buffered_records`` READY records wait untrained,
+3. it inserts the dataset's Tasks with ``split``, ``epoch``, ``index``, ``added_step`` (one bulk
+   insert; ids ``<split>-e<epoch>-<index>`` so a retried push inserts nothing twice), and
+4. enqueues one claim per ``(task, traj_id)`` — ``num_generations`` per train task, 1 otherwise.
+
+The Redis key ``<key_prefix>:pushed:<split>`` holds the last epoch whose claims were all sent; a
+pusher that died between the insert and the sends is completed by the next call.
+
+:func:`requeue_expired` re-sends claims whose lease expired (a dead worker), so recovery waits
+for ``lease_ttl_s``, not for the broker's visibility timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from agentrl.configs import AgentTrainingConfig
+from agentrl.databases import Databases, Record, RecordStatus, Task, TaskStatus, utcnow
+from agentrl.rollout.claims import Claim
+from agentrl.rollout.leases import inflight_key, lease_key
+
+logger = logging.getLogger(__name__)
+
+Enqueue = Callable[[list[Claim]], None]
+"""Sends claims as sampling messages (the Celery app's :func:`agentrl.celery_app.enqueue_claims`)."""
+
+PUSH_LOCK_TTL_S = 300.0
+"""Seconds the push lock lives if its holder dies mid-push."""
+
+_REQUEUE = """
+local out = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. field) == 0 then
+    table.insert(out, redis.call('HGET', KEYS[1], field))
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+return out
+"""
+
+
+def pushed_key(prefix: str, split: str) -> str:
+    """Redis key of the last epoch of ``split`` whose claims were all sent."""
+    return f"{prefix}:pushed:{split}"
+
+
+def target_epochs(config: AgentTrainingConfig, split: str) -> int:
+    """How many epochs of ``split`` to push: ``num_train_epochs`` for train, else ``eval_epochs``."""
+    return config.num_train_epochs if split == "train" else config.eval_epochs
+
+
+def generations_for(config: AgentTrainingConfig, split: str) -> int:
+    """Trajectories per task: ``num_generations`` for train, ``num_eval_generations`` otherwise."""
+    return config.num_generations if split == "train" else config.num_eval_generations
+
+
+def iter_dataset(dataset: Iterable[Any], limit: int = 0) -> Iterator[tuple[int, Task]]:
+    """``(index, task)`` pairs of a torch ``Dataset`` (``__len__``/``__getitem__``), an
+    ``IterableDataset`` or any iterable of :class:`Task`.
+
+    Args:
+        dataset: the items.
+        limit: stop after this many items (0: all).
+
+    Raises:
+        TypeError: an item is not a Task (the message names its index).
+    """
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        size = len(dataset)  # type: ignore[arg-type]
+        items: Iterable[Any] = (dataset[i] for i in range(size))  # type: ignore[index]
+    else:
+        items = iter(dataset)
+    for index, item in enumerate(items):
+        if limit and index >= limit:
+            return
+        if not isinstance(item, Task):
+            raise TypeError(
+                f"dataset item {index} is a {type(item).__name__}, not a Task: make the "
+                "dataset return Task instances (a registered Task subclass)"
+            )
+        yield index, item
+
+
+def latest_epoch(dbs: Databases, split: str) -> int:
+    """The highest epoch pushed for ``split`` (0 when none)."""
+    raw = dbs.store.collection(Task).find_one(
+        {"split": split}, {"epoch": 1}, sort=[("epoch", -1)]
+    )
+    return int(raw["epoch"]) if raw else 0
+
+
+def epoch_finished(dbs: Databases, split: str, epoch: int) -> bool:
+    """Whether every task of ``split``/``epoch`` is COMPLETED (all trajectories scored)."""
+    return dbs.store.collection(Task).count_documents(
+        {"split": split, "epoch": epoch, "status": {"$ne": TaskStatus.COMPLETED.value}}, limit=1
+    ) == 0
+
+
+def split_done(dbs: Databases, split: str) -> bool:
+    """Whether all configured epochs of ``split`` are pushed and finished."""
+    epoch = latest_epoch(dbs, split)
+    return epoch >= target_epochs(dbs.config, split) and epoch_finished(dbs, split, epoch)
+
+
+def waiting_ready_records(dbs: Databases) -> int:
+    """READY train records not yet trained on."""
+    return dbs.store.collection(Record).count_documents(
+        {"status": RecordStatus.READY.value, "split": "train", "trained_count": 0}
+    )
+
+
+def _claims(dbs: Databases, split: str, epoch: int, sampler: str) -> list[Claim]:
+    """Every unscored claim of ``split``/``epoch`` (from the stored tasks)."""
+    claims = []
+    for raw in dbs.store.collection(Task).find(
+        {"split": split, "epoch": epoch}, {"num_generations": 1, "scores": 1, "sampler": 1}
+    ):
+        done = set((raw.get("scores") or {}).keys())
+        name = raw.get("sampler") or sampler
+        claims += [
+            Claim(raw["_id"], t, epoch, split, name)
+            for t in range(int(raw.get("num_generations", 1)))
+            if str(t) not in done
+        ]
+    return claims
+
+
+def push_epoch(
+    dbs: Databases, split: str, dataset: Iterable[Any], sampler: str, enqueue: Enqueue
+) -> int | None:
+    """Push the next epoch of ``split`` if the current one is finished (see the module doc).
+
+    Args:
+        dbs: connections (sync).
+        split: dataset split.
+        dataset: the Task items (read only when an epoch is pushed).
+        sampler: registered sampler name the claims carry.
+        enqueue: sends the claims.
+
+    Returns:
+        The epoch pushed (or completed after an interrupted push), or ``None`` when nothing was
+        pushed (another pusher holds the lock, the epoch is running, all epochs are pushed, or
+        too many READY records wait).
+
+    Raises:
+        TypeError: a dataset item is not a Task.
+    """
+    config = dbs.config
+    lock = dbs.lock(f"push_epoch:{split}", ttl_s=PUSH_LOCK_TTL_S)
+    if not lock.acquire(blocking=False):
+        return None
+    try:
+        latest = latest_epoch(dbs, split)
+        pushed = int(dbs.redis.get(pushed_key(config.key_prefix, split)) or 0)
+        if latest > pushed:  # an earlier push died between insert and send
+            epoch = latest
+        else:
+            if latest and not epoch_finished(dbs, split, latest):
+                return None
+            if latest >= target_epochs(config, split):
+                return None
+            if split == "train" and waiting_ready_records(dbs) > config.max_buffered_records:
+                logger.info("not pushing %s epoch %d: too many READY records wait", split,
+                            latest + 1)
+                return None
+            epoch = latest + 1
+            _insert_tasks(dbs, split, epoch, dataset, sampler)
+        claims = _claims(dbs, split, epoch, sampler)
+        enqueue(claims)
+        dbs.redis.set(pushed_key(config.key_prefix, split), epoch)
+        logger.info("pushed %s epoch %d: %d claims", split, epoch, len(claims))
+        return epoch
+    finally:
+        if lock.owned():
+            lock.release()
+
+
+def _insert_tasks(
+    dbs: Databases, split: str, epoch: int, dataset: Iterable[Any], sampler: str
+) -> int:
+    """Insert the dataset's tasks for ``split``/``epoch`` (bulk, idempotent). Returns the count."""
+    config = dbs.config
+    limit = config.max_train_tasks if split == "train" else 0
+    step = dbs.global_step.get()
+    now = utcnow()
+    docs = []
+    for index, item in iter_dataset(dataset, limit):
+        task = item.model_copy(update={
+            "id": f"{split}-e{epoch}-{index:06d}",
+            "split": split,
+            "epoch": epoch,
+            "index": index,
+            "added_step": step,
+            "status": TaskStatus.CREATED,
+            "num_generations": generations_for(config, split),
+            "sampler": sampler,
+            "scores": {},
+            "created_at": now,
+            "updated_at": now,
+        })
+        docs.append(task)
+    return dbs.store.insert_many(docs)  # type: ignore[arg-type]
+
+
+def requeue_expired(dbs: Databases, enqueue: Enqueue) -> int:
+    """Re-send every in-flight claim whose lease expired (its worker died or gave it back).
+
+    Returns:
+        The number of claims re-sent.
+    """
+    prefix = dbs.config.key_prefix
+    script = dbs.redis.register_script(_REQUEUE)
+    payloads = script(keys=[inflight_key(prefix)], args=[lease_key(prefix, "")])
+    claims = [Claim.from_json(json.loads(p)) for p in payloads or []]
+    if claims:
+        logger.warning("re-sending %d claims whose lease expired", len(claims))
+        enqueue(claims)
+    return len(claims)

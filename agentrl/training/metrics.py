@@ -1,0 +1,158 @@
+"""Training metrics: their names (defined once), their reduction, and where they go.
+
+Names are slash groups (TRL style): ``reward/…``, ``rollout/…``, ``loss/…``, ``clip_ratio/…``,
+``staleness/…``, ``perf/…``, ``optim/…``. Per-micro-batch values are reduced in one place,
+:func:`reduce_metrics` (a NaN-aware weighted mean); each step's reduced values go to a JSONL file
+(one object per line, with ``step`` and ``time``) and to a rich progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+REWARD_MEAN = "reward/mean"
+REWARD_STD = "reward/std"
+ROLLOUT_CORRECT_RATE = "rollout/correct_rate"
+ROLLOUT_WELL_FORMED_RATE = "rollout/well_formed_rate"
+ROLLOUT_FINISHED = "rollout/finished"
+ROLLOUT_GROUPS_WITH_SPREAD = "rollout/groups_with_spread"
+LOSS_POLICY = "loss/policy"
+ADVANTAGE_ABS_MEAN = "advantage/abs_mean"
+CLIP_LOW = "clip_ratio/low_mean"
+CLIP_HIGH = "clip_ratio/high_mean"
+CLIP_REGION = "clip_ratio/region_mean"
+CLIP_CAPPED = "clip_ratio/capped_mean"
+CLIP_OUT_OF_WINDOW = "clip_ratio/out_of_window_mean"
+POLICY_RATIO = "policy/ratio_mean"
+STALENESS_MEAN = "staleness/mean"
+STALENESS_MAX = "staleness/max"
+PERF_TOKENS_PER_S = "perf/tokens_per_s"
+PERF_STEP_TIME_S = "perf/step_time_s"
+PERF_TOKENS = "perf/tokens"
+PERF_TRAINED_TOKENS = "perf/trained_tokens"
+OPTIM_GRAD_NORM = "optim/grad_norm"
+OPTIM_LR = "optim/lr"
+TRAIN_RECORDS = "train/records"
+TRAIN_GROUPS = "train/groups"
+TRAIN_SEQUENCES = "train/sequences"
+
+SHOWN_IN_PROGRESS = (REWARD_MEAN, LOSS_POLICY, CLIP_REGION, STALENESS_MEAN, PERF_TOKENS_PER_S)
+"""The metrics the progress bar shows after each step."""
+
+
+def reduce_metrics(
+    values: Sequence[Mapping[str, float]], weights: Sequence[float] | None = None
+) -> dict[str, float]:
+    """Reduce per-micro-batch metrics to one value per name: a NaN-aware weighted mean.
+
+    Args:
+        values: one mapping per micro-batch.
+        weights: one weight per mapping (e.g. its trained-token count); ``None``: equal.
+
+    Returns:
+        name → mean over the mappings that have a finite value for it (NaN when none has).
+    """
+    weights = list(weights) if weights is not None else [1.0] * len(values)
+    sums: dict[str, float] = {}
+    totals: dict[str, float] = {}
+    for mapping, weight in zip(values, weights, strict=True):
+        for name, value in mapping.items():
+            sums.setdefault(name, 0.0)
+            totals.setdefault(name, 0.0)
+            if value is not None and math.isfinite(value) and weight > 0:
+                sums[name] += value * weight
+                totals[name] += weight
+    return {n: (sums[n] / totals[n] if totals[n] > 0 else math.nan) for n in sums}
+
+
+def _jsonable(value: float) -> float | None:
+    return value if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+class MetricsLogger:
+    """Writes each step's metrics to a JSONL file and advances a progress bar.
+
+    Args:
+        path: the JSONL file (appended to, so a resumed run continues it).
+        total_steps: steps expected (``None``: unknown).
+        show_progress: draw the rich progress bar (off in tests or non-terminals).
+
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self, path: Path, total_steps: int | None = None, show_progress: bool = True
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a")
+        self.console = Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task_id = None
+        if show_progress:
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task_id = self._progress.add_task("waiting for READY records", total=total_steps)
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record one step: a JSONL line ``{"step", "time", <metrics>}`` and a progress tick."""
+        line = {"step": step, "time": time.time(), **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+        if self._progress is not None and self._task_id is not None:
+            shown = "  ".join(
+                f"{name.split('/', 1)[1] if name != REWARD_MEAN else 'reward'}="
+                f"{metrics.get(name, math.nan):.3g}"
+                for name in SHOWN_IN_PROGRESS
+            )
+            self._progress.update(self._task_id, advance=1, description=f"step {step}  {shown}")
+
+    def note(self, message: str) -> None:
+        """Print a status line above the bar (e.g. why training is waiting)."""
+        self.console.print(message)
+
+    def close(self) -> None:
+        """Stop the bar and close the file."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        self._file.close()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The step records of a metrics JSONL file, in order (the last one per step wins)."""
+    by_step: dict[int, dict[str, float]] = {}
+    if not Path(path).exists():
+        return []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[int(record["step"])] = record
+    return [by_step[s] for s in sorted(by_step)]

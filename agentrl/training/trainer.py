@@ -1,0 +1,390 @@
+"""The trainer: READY records in, one optimizer step, new weights out to the services.
+
+One step reads like the algorithm (:meth:`Trainer.train`)::
+
+    groups  = claim READY groups (>= train_batch_size records, advantages set)
+    batch   = tokenize(convert_record_to_data_func(record, calls) for each record)
+    metrics = optimize(batch)            # loss_calculater, AdamW, grad clip, lr schedule
+    publish(save(model), step + 1)       # split lock held, services DOWN while loading
+    global_step += 1                     # the Redis counter samplers stamp calls with
+    checkpoint(model, optimizer, step)   # resumable every checkpoint_every_steps
+    log(metrics)                         # JSONL + progress bar
+
+Works as a single process on CPU (``agentrl train``) and under ``torchrun``: each rank claims its
+own groups, gradients are averaged by DistributedDataParallel, and rank 0 alone publishes,
+increments the global step, checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+from agentrl.configs import AgentTrainingConfig
+from agentrl.databases import Databases
+from agentrl.errors import TrainingError
+from agentrl.inference.model_files import resolve_model_path
+from agentrl.training import metrics as M
+from agentrl.training.checkpoint import (
+    TrainerState,
+    checkpoint_root,
+    latest_checkpoint,
+    load_state,
+    restore_rng,
+    rng_state,
+    save_step,
+    step_dir,
+)
+from agentrl.training.datasets import get_record_converter
+from agentrl.training.loss import LossParams, get_loss, loss_normalizer, token_logprobs
+from agentrl.training.metrics import MetricsLogger, reduce_metrics
+from agentrl.training.records import ClaimedGroup, RecordClaimer
+from agentrl.training.tokenization import TrainBatch, collate, tokenize_sample
+from agentrl.training.weights import WeightPublisher, no_publish
+
+log = logging.getLogger(__name__)
+
+_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+_UNBOUNDED_STEPS = 1_000_000
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the torchrun process group when launched by torchrun.
+
+    Returns:
+        ``(rank, world_size)``; ``(0, 1)`` for a plain single process.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def default_device() -> torch.device:
+    """The local GPU (``LOCAL_RANK``) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+class Trainer:
+    """GRPO-family training on the READY records of a run.
+
+    Args:
+        config: the run configuration (training section).
+        dbs: connections (records, dispatch logs, the global step counter).
+        publish: called with ``(model_dir, version)`` after each step to update the inference
+            services; the default publishes nothing.
+        sampling_finished: returns True once no more records will become READY (then the
+            trainer trains what is left and stops); ``None``: never finished, wait for
+            ``max_steps``.
+        show_progress: draw the progress bar.
+        device: where to train (default: :func:`default_device`).
+
+    Raises:
+        InferenceError: the model directory does not exist.
+        CheckpointError: a checkpoint to resume from is unreadable.
+    """
+
+    def __init__(
+        self,
+        config: AgentTrainingConfig,
+        dbs: Databases,
+        publish: WeightPublisher = no_publish,
+        *,
+        sampling_finished: Callable[[], bool] | None = None,
+        show_progress: bool = True,
+        device: torch.device | None = None,
+    ) -> None:
+        self.config, self.dbs, self.publish = config, dbs, publish
+        self.sampling_finished = sampling_finished or (lambda: False)
+        self.rank, self.world_size = init_distributed()
+        self.device = device or default_device()
+        self.root = checkpoint_root(config)
+        resume_from = latest_checkpoint(self.root)
+        model_dir = resume_from or resolve_model_path(config.model_name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.model.to(self.device).train()
+        self.module: Any = self.model
+        if self.world_size > 1:
+            self.module = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            _SCHEDULES[config.lr_schedule],
+            self.optimizer,
+            num_warmup_steps=config.lr_warmup_steps,
+            num_training_steps=config.max_steps or _UNBOUNDED_STEPS,
+        )
+        self.loss_fn = get_loss(config.loss_calculater)
+        self.loss_params = LossParams.from_config(config)
+        self.converter = get_record_converter(config.record_converter)
+        self.claimer = RecordClaimer(config, dbs)
+        self.steps_done = 0
+        self.resumed_step: int | None = None
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.is_main = self.rank == 0
+        self.logger = MetricsLogger(
+            self.metrics_path, config.max_steps or None, show_progress and self.is_main
+        )
+        self._counts = self.claimer.rollout_counts()
+
+    @property
+    def metrics_path(self) -> Path:
+        """The JSONL file of per-step metrics: ``<output_dir>/<name>/metrics.jsonl``."""
+        return Path(self.config.output_dir) / self.config.name / "metrics.jsonl"
+
+    def _resume(self, path: Path) -> None:
+        """Restore optimizer, scheduler, RNG and the global step from checkpoint ``path``."""
+        state = load_state(path)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        restore_rng(state.rng)
+        if self.dbs.global_step.get() < state.step:
+            self.dbs.global_step.set(state.step)
+        self.resumed_step = state.step
+        log.info("resumed from %s (step %d)", path, state.step)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def train(self) -> list[dict[str, float]]:
+        """Train until ``max_steps`` steps are done or sampling finished and nothing is left.
+
+        Returns:
+            The metrics of each step taken by this call.
+        """
+        history: list[dict[str, float]] = []
+        if self.resumed_step is not None and self.is_main:
+            self.publish(step_dir(self.root, self.resumed_step), self.dbs.global_step.get())
+        try:
+            while not self._reached_max_steps():
+                groups = self.wait_for_groups()
+                if not self._all_ranks_have(groups):
+                    break
+                history.append(self.step(groups))
+        finally:
+            self.logger.close()
+        return history
+
+    def _reached_max_steps(self) -> bool:
+        return bool(self.config.max_steps) and self.dbs.global_step.get() >= self.config.max_steps
+
+    def _all_ranks_have(self, groups: list[ClaimedGroup]) -> bool:
+        """Whether every rank has a batch (ranks step together or stop together)."""
+        if self.world_size == 1:
+            return bool(groups)
+        flag = torch.tensor([1 if groups else 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def wait_for_groups(self) -> list[ClaimedGroup]:
+        """Claim groups until ``train_batch_size`` records are held or sampling has finished.
+
+        While waiting, says every ``no_spread_warning_s`` seconds that no group with score
+        spread has arrived, with the records per status.
+
+        Returns:
+            The claimed groups (fewer records than the batch size only at the end of sampling;
+            empty when nothing is left).
+        """
+        want = self.config.train_batch_size
+        groups: list[ClaimedGroup] = []
+        last_progress = time.monotonic()
+        while True:
+            held = sum(len(g.records) for g in groups)
+            finished = self.sampling_finished()
+            new = self.claimer.claim(self.dbs.global_step.get() + 1, want - held)
+            if new:
+                groups += new
+                last_progress = time.monotonic()
+                held = sum(len(g.records) for g in groups)
+            if held >= want or (finished and not new):
+                return groups
+            if time.monotonic() - last_progress > self.config.no_spread_warning_s:
+                self._say_waiting(held)
+                last_progress = time.monotonic()
+            time.sleep(self.config.train_poll_interval_s)
+
+    def _say_waiting(self, held: int) -> None:
+        counts = self.claimer.status_counts()
+        rollout = self.claimer.rollout_counts()
+        self.logger.note(
+            f"[yellow]no group with score spread for {self.config.no_spread_warning_s:.0f} s "
+            f"(holding {held}/{self.config.train_batch_size} records); records: "
+            + ", ".join(f"{k}={v}" for k, v in counts.items() if v)
+            + f"; finished {rollout.finished}, correct {rollout.correct}, "
+            f"well-formed {rollout.well_formed}. Groups whose samples all score the same are "
+            "abandoned; more generations per task or an easier dataset give spread."
+        )
+
+    def step(self, groups: list[ClaimedGroup]) -> dict[str, float]:
+        """One optimizer step on ``groups``, then publish, count, checkpoint and log.
+
+        Returns:
+            The step's metrics (also written to the JSONL file).
+        """
+        started = time.monotonic()
+        step = self.dbs.global_step.get()
+        batch = self.build_batch(groups)
+        metrics = self.optimize(batch, step)
+        if self.is_main:
+            new_step = step + 1
+            checkpointing = new_step % self.config.checkpoint_every_steps == 0
+            state = self._state(new_step) if checkpointing else None
+            model_dir = save_step(
+                self.root, new_step, self.model, self.tokenizer, state, self.config.keep_checkpoints
+            )
+            self.publish(model_dir, new_step)
+            self.dbs.global_step.incr()
+        if self.world_size > 1:
+            dist.barrier()
+        self.steps_done += 1
+        records = [r for g in groups for r in g.records]
+        scores = [float(r.score or 0.0) for r in records]
+        metrics.update(self._rollout_metrics(groups))
+        metrics[M.REWARD_MEAN] = sum(scores) / len(scores)
+        metrics[M.REWARD_STD] = float(torch.tensor(scores).std(unbiased=False).item())
+        metrics[M.ADVANTAGE_ABS_MEAN] = sum(abs(r.advantage or 0.0) for r in records) / len(records)
+        metrics[M.TRAIN_RECORDS] = float(len(records))
+        metrics[M.TRAIN_GROUPS] = float(len(groups))
+        metrics[M.TRAIN_SEQUENCES] = float(len(batch))
+        metrics[M.PERF_STEP_TIME_S] = time.monotonic() - started
+        if self.is_main:
+            self.logger.log(step + 1, metrics)
+        return metrics
+
+    def _rollout_metrics(self, groups: list[ClaimedGroup]) -> dict[str, float]:
+        """Correct / well-formed rates of the records that finished since the last step."""
+        now = self.claimer.rollout_counts()
+        before, self._counts = self._counts, now
+        finished = now.finished - before.finished
+        return {
+            M.ROLLOUT_FINISHED: float(finished),
+            M.ROLLOUT_CORRECT_RATE: (now.correct - before.correct) / finished
+            if finished > 0 else math.nan,
+            M.ROLLOUT_WELL_FORMED_RATE: (now.well_formed - before.well_formed) / finished
+            if finished > 0 else math.nan,
+            M.ROLLOUT_GROUPS_WITH_SPREAD: float(len(groups)),
+        }
+
+    def _state(self, step: int) -> TrainerState:
+        return TrainerState(
+            step=step,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            rng=rng_state(),
+        )
+
+    # --- data and optimization -------------------------------------------------------------------
+
+    def build_batch(self, groups: list[ClaimedGroup]) -> TrainBatch:
+        """Convert and tokenize the claimed records into one padded batch.
+
+        Raises:
+            AlignmentError: a record's tokens do not line up (names the record).
+            TrainingError: no record produced a trainable sequence.
+        """
+        records = [r for g in groups for r in g.records]
+        calls = self.claimer.calls_of(records)
+        tokenized = []
+        for record in records:
+            for sample in self.converter(record, calls[record.id]):
+                tokenized.append(
+                    tokenize_sample(sample, self.tokenizer, self.config.max_train_seq_len)
+                )
+        if not tokenized:
+            raise TrainingError(
+                f"records {[r.id for r in records][:8]} have no completed LLM call to train on"
+            )
+        pad_id = self.tokenizer.pad_token_id
+        return collate(tokenized, pad_id if pad_id is not None else self.tokenizer.eos_token_id)
+
+    def optimize(self, batch: TrainBatch, step: int) -> dict[str, float]:
+        """One AdamW step on ``batch`` (gradient accumulation over micro-batches).
+
+        Args:
+            batch: the padded batch, ``(B, T)`` tensors.
+            step: the global step of the weights being trained (for staleness).
+
+        Returns:
+            Loss, clip, staleness, optimizer and throughput metrics.
+        """
+        started = time.monotonic()
+        self.optimizer.zero_grad(set_to_none=True)
+        normalizer = loss_normalizer(self.config.loss_calculater, batch.loss_mask)
+        parts: list[dict[str, float]] = []
+        weights: list[float] = []
+        total_loss = 0.0
+        size = self.config.micro_batch_size
+        for start in range(0, len(batch), size):
+            micro = batch.slice(start, start + size).to(self.device)
+            out, extra = self._micro_step(micro, step, normalizer)
+            total_loss += float(out.loss.detach().item())
+            parts.append({**out.metrics, **extra})
+            weights.append(float(micro.loss_mask.sum().item()))
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        lr = float(self.scheduler.get_last_lr()[0])
+        self.optimizer.step()
+        self.scheduler.step()
+        elapsed = time.monotonic() - started
+        metrics = reduce_metrics(parts, weights)
+        tokens = float(batch.attention_mask.sum().item())
+        staleness = (step - batch.created_at_step).float()[batch.loss_mask > 0]
+        metrics.update(
+            {
+                M.LOSS_POLICY: total_loss,
+                M.OPTIM_GRAD_NORM: float(grad_norm),
+                M.OPTIM_LR: lr,
+                M.PERF_TOKENS: tokens,
+                M.PERF_TRAINED_TOKENS: float(batch.loss_mask.sum().item()),
+                M.PERF_TOKENS_PER_S: tokens / max(elapsed, 1e-9),
+                M.STALENESS_MEAN: float(staleness.mean().item()) if staleness.numel() else 0.0,
+                M.STALENESS_MAX: float(staleness.max().item()) if staleness.numel() else 0.0,
+            }
+        )
+        return metrics
+
+    def _micro_step(
+        self, micro: TrainBatch, step: int, normalizer: float
+    ) -> tuple[Any, dict[str, float]]:
+        """Forward + backward of one micro-batch; returns the loss output and extra metrics."""
+        logits = self.module(
+            input_ids=micro.input_ids, attention_mask=micro.attention_mask, use_cache=False
+        ).logits  # (b, t, V)
+        logprobs = token_logprobs(logits, micro.input_ids)  # (b, t)
+        known = ~torch.isnan(micro.old_logprobs)
+        old = torch.where(known, micro.old_logprobs, logprobs.detach())
+        staleness = (step - micro.created_at_step).clamp(min=0)
+        out = self.loss_fn(
+            logprobs, old, micro.advantages, micro.loss_mask, staleness, self.loss_params,
+            normalizer=normalizer,
+        )
+        out.loss.backward()
+        mask = micro.loss_mask
+        diff = (old - logprobs.detach()) * mask
+        extra = {"policy/behaviour_kl_mean": float(diff.sum().item() / max(mask.sum().item(), 1))}
+        return out, extra
+
+
+def model_logprobs(model: Any, batch: TrainBatch) -> torch.Tensor:
+    """Per-token log-probs of ``batch`` under ``model`` (no grad), ``(B, T)``."""
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).logits
+    return token_logprobs(logits, batch.input_ids)

@@ -1,0 +1,175 @@
+"""InferenceManager with the real CPU engine: start, register, route, release/resume, update
+weights, SIGKILL → restart, stop and SIGTERM leave no process and no UP service behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import redis.asyncio as aioredis
+
+from agentrl.configs import AgentTrainingConfig
+from agentrl.databases import (
+    AsyncMongoStore,
+    Databases,
+    DispatchedSamplingTask,
+    InferenceService,
+    Record,
+    ServiceStatus,
+)
+from agentrl.inference.manager import InferenceManager
+from agentrl.inference.routing import Router
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def naive(moment: datetime) -> datetime:
+    """``moment`` as naive UTC (nx-27017 may return stored datetimes without a zone)."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def route_once(config: AgentTrainingConfig, dbs: Databases, record: Record, turn: int
+               ) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        store = AsyncMongoStore(dbs.mongo_uri, config.db_name)
+        client = aioredis.Redis.from_url(config.redis_url, decode_responses=True)
+        router = Router(config, store, client)
+        try:
+            return await router.create_chat_completion(MESSAGES, record=record, turn=turn,
+                                                       max_tokens=4)
+        finally:
+            await router.aclose()
+            await client.aclose()
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def manager_config(config: AgentTrainingConfig) -> AgentTrainingConfig:
+    config.engine = "cpu"
+    config.heartbeat_interval_s = 0.5
+    config.release_drain_timeout_s = 2.0
+    config.engine_start_timeout_s = 240.0
+    config.engine_base_port = min(free_port(), 64000)
+    return config
+
+
+def test_manager_lifecycle_with_cpu_engine(
+    config: AgentTrainingConfig, dbs: Databases, hf_model: tuple[Any, Any], tmp_path: Path
+) -> None:
+    manager_config(config)
+    record = Record(task_id="t", traj_id=0, epoch=1)
+    manager = InferenceManager(config, dbs)
+    with manager:
+        service = manager.service
+        assert service is not None and service.status == ServiceStatus.UP
+        assert service.endpoint == manager.endpoint and service.models == [config.model_name]
+        assert service.kind == "cpu" and service.weight_version == "0"
+        first_beat = naive(service.heartbeat_at)
+        wait_for(lambda: naive(manager.service.heartbeat_at) > first_beat, 10, "a heartbeat")
+
+        out = route_once(config, dbs, record, 0)
+        assert 1 <= len(out["choices"][0]["token_ids"]) <= 4
+
+        # release: DOWN, calls wait; resume: UP, the waiting call completes
+        manager.release_memory_occupation()
+        assert manager.service.status == ServiceStatus.DOWN
+        info = httpx.get(f"{manager.endpoint}/get_model_info").json()
+        assert info["memory_released"] is True
+        result: dict[str, Any] = {}
+        caller = threading.Thread(
+            target=lambda: result.update(route_once(config, dbs, record, 1)))
+        caller.start()
+        time.sleep(1.5)
+        assert not result
+        manager.resume_memory_occupation()
+        caller.join(timeout=120)
+        assert result["choices"][0]["token_ids"]
+        assert manager.service.status == ServiceStatus.UP
+
+        # weights from disk: the service's version becomes str(version)
+        hf_model[0].save_pretrained(tmp_path / "step3")
+        manager.update_weights(tmp_path / "step3", 3)
+        assert manager.service.weight_version == "3"
+        assert httpx.get(f"{manager.endpoint}/get_weight_version").json() == {
+            "weight_version": "3"}
+
+        # SIGKILL the engine: detected, restarted with the latest weights, registered UP again
+        old_pid = manager.process.pid
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for(lambda: manager.restarts == 1 and manager.process is not None
+                 and manager.service.status == ServiceStatus.UP, 240, "the engine restart")
+        new_pid = manager.process.pid
+        assert new_pid != old_pid
+        assert httpx.get(f"{manager.endpoint}/get_weight_version").json()["weight_version"] == "3"
+        out = route_once(config, dbs, record, 2)
+        assert out["metadata"]["weight_version"] == "3"
+
+    assert not psutil.pid_exists(new_pid) or psutil.Process(new_pid).status() == "zombie"
+    children = [p.cmdline() for p in psutil.Process().children(recursive=True)]
+    assert not any("agentrl.inference.engine" in " ".join(c) for c in children)
+    assert [s.status for s in dbs.store.find(InferenceService)] == [ServiceStatus.DOWN]
+    tasks = list(dbs.store.find(DispatchedSamplingTask, {"record_id": record.id}))
+    assert sorted(t.turn for t in tasks) == [0, 1, 2]
+    assert {t.weight_version for t in tasks if t.turn == 2} == {"3"}
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+from agentrl.configs import load_config
+from agentrl.databases import init_databases
+from agentrl.inference.manager import InferenceManager
+config = load_config()
+manager = InferenceManager(config, init_databases(config)).start()
+print(manager.process.pid, flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_sigterm_stops_engine_and_marks_service_down(
+    config: AgentTrainingConfig, dbs: Databases, tmp_path: Path
+) -> None:
+    manager_config(config)
+    env = dict(os.environ, AGENTRL_ENGINE="cpu", AGENTRL_ENGINE_BASE_PORT=str(
+        config.engine_base_port), AGENTRL_HEARTBEAT_INTERVAL_S="0.5",
+        AGENTRL_OUTPUT_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT], env=env,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        engine_pid = int(proc.stdout.readline())
+        (service,) = dbs.store.find(InferenceService)
+        assert service.status == ServiceStatus.UP
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == "zombie"
+    (service,) = dbs.store.find(InferenceService)
+    assert service.status == ServiceStatus.DOWN

@@ -1,0 +1,87 @@
+"""A scripted OpenAI-compatible chat server for OSWorld tests (FastAPI + uvicorn in a thread).
+
+It answers ``/v1/chat/completions`` with a pyautogui click on the first step of an episode and
+``DONE`` once the prompt lists previous actions, with token ids and logprobs like the CPU engine,
+so episodes are deterministic. It also serves ``/health_generate``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+
+CLICK = "```python\npyautogui.click(320, 180)\n```"
+DONE = "```DONE```"
+
+
+def _text_of(messages: list[dict[str, Any]]) -> str:
+    parts = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [p.get("text", "") for p in content if isinstance(p, dict)]
+    return "\n".join(parts)
+
+
+def make_app(requests: list[dict[str, Any]], always_click: bool) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health_generate")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        requests.append(body)
+        done = "Your previous actions" in _text_of(body["messages"]) and not always_click
+        text = DONE if done else CLICK
+        ids = list(range(10, 10 + len(text) // 4))
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": body.get("model"),
+            "choices": [{
+                "index": 0, "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop", "token_ids": ids,
+                "logprobs": {"content": [
+                    {"token": str(i), "token_id": i, "logprob": -0.5} for i in ids]},
+            }],
+        }
+
+    return app
+
+
+class FakeModelServer:
+    """The scripted model on 127.0.0.1:<port>; ``requests`` holds every request body."""
+
+    def __init__(self, always_click: bool = False) -> None:
+        self.requests: list[dict[str, Any]] = []
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(make_app(self.requests, always_click), host="127.0.0.1",
+                                port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="fake-model")
+
+    def start(self) -> FakeModelServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fake model server {self.url} did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

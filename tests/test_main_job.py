@@ -1,0 +1,65 @@
+"""The main job end to end with a tiny config: Redis, embedded MongoDB, the CPU engine with the
+real SmolLM2, a Celery worker and beat as child processes, the trainer, and the report."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from agentrl.configs import AgentTrainingConfig
+from agentrl.databases import Databases, InferenceService, RecordStatus
+from agentrl.driver.main_job import run_main_job
+from tests.conftest import SHARED_DATA, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_tiny_main_job(config: AgentTrainingConfig, dbs: Databases) -> None:
+    config.name = "tiny"
+    config.train_file = str(SHARED_DATA / "gsm8k" / "train.jsonl")
+    config.max_train_tasks = 2
+    config.num_generations = 2
+    config.num_train_epochs = 1
+    config.max_new_tokens = 16
+    config.sampler = "math_with_spread"  # trajectory 0 scores 1.0: every group has spread
+    config.sampler_modules = "tests.training.spread_sampler"
+    config.engine = "cpu"
+    config.engine_base_port = free_port()
+    config.beat_interval_s = 1.0
+    config.train_batch_size = 2
+    config.max_steps = 1
+    config.learning_rate = 1e-5
+
+    result = run_main_job(config, show_progress=False)
+
+    summary = json.loads(result.summary.read_text())
+    assert summary["steps"] == 1 and result.steps == 1
+    assert summary["global_step"] == 1
+    assert len(summary["reward_per_step"]) == 1
+    assert summary["reward_per_step"][0] >= 0.5  # a group of 2 with one 1.0
+    assert summary["tokens_sampled"] > 0
+    assert sum(summary["records_per_status"].values()) == 4
+    assert summary["records_per_status"][RecordStatus.READY.value] >= 2
+    assert result.plot.exists() and result.plot.stat().st_size > 1000
+    # the service served the trained weights, and every child is gone
+    service = next(dbs.store.find(InferenceService, {}))
+    assert service.weight_version == "1"
+    for log_name in ("worker.log", "beat.log"):
+        assert (result.run_dir / "logs" / log_name).exists()
+    pids = [int(line.split()[0]) for line in _child_pids(result.run_dir)]
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _child_pids(run_dir) -> list[str]:  # noqa: ANN001
+    path = run_dir / "logs" / "pids"
+    return path.read_text().splitlines() if path.exists() else []

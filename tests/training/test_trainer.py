@@ -1,0 +1,116 @@
+"""The trainer on the real SmolLM2 model: one optimizer step, the loop, checkpoints, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentrl.configs import AgentTrainingConfig
+from agentrl.databases import Databases, Record, RecordStatus
+from agentrl.training.checkpoint import COMPLETE_MARKER, latest_checkpoint
+from agentrl.training.datasets import DBRecordData, TrainTurn
+from agentrl.training.metrics import read_metrics
+from agentrl.training.tokenization import collate, tokenize_sample
+from agentrl.training.trainer import Trainer, model_logprobs
+from tests.training.factories import SYSTEM, completion, store_group
+
+pytestmark = pytest.mark.slow
+
+
+def _sample(tokenizer, answer: str, advantage: float) -> DBRecordData:  # noqa: ANN001
+    ids, _ = completion(tokenizer, answer)
+    return DBRecordData(
+        record_id=f"r{advantage}",
+        task_id="t",
+        messages=[SYSTEM, {"role": "user", "content": "What is 2+3?"},
+                  {"role": "assistant", "content": answer}],
+        turns=[TrainTurn(message_index=2, dispatch_id="d", completion_token_ids=ids,
+                         advantage=advantage, score=max(advantage, 0.0))],
+    )
+
+
+def _row_logprob_sums(trainer: Trainer, batch) -> list[float]:  # noqa: ANN001
+    logp = model_logprobs(trainer.model, batch)
+    return (logp * batch.loss_mask).sum(-1).tolist()
+
+
+def test_one_step_raises_positive_and_lowers_negative(
+    config: AgentTrainingConfig, dbs: Databases
+) -> None:
+    config.learning_rate = 1e-5
+    trainer = Trainer(config, dbs, show_progress=False)
+    tok = trainer.tokenizer
+    samples = [_sample(tok, "#### 5", 1.0), _sample(tok, "The answer is 7.", -1.0)]
+    batch = collate([tokenize_sample(s, tok) for s in samples], tok.pad_token_id)
+    before = _row_logprob_sums(trainer, batch)
+    metrics = trainer.optimize(batch, step=0)
+    after = _row_logprob_sums(trainer, batch)
+    assert after[0] > before[0]
+    assert after[1] < before[1]
+    assert metrics["loss/policy"] == pytest.approx(metrics["loss/policy"])  # finite
+    assert metrics["perf/trained_tokens"] == batch.loss_mask.sum().item()
+    assert metrics["clip_ratio/region_mean"] == 0.0  # old logprobs = the policy's own
+    assert metrics["staleness/mean"] == 0.0
+
+
+def test_loop_claims_publishes_checkpoints_and_resumes(
+    config: AgentTrainingConfig, dbs: Databases
+) -> None:
+    config.train_batch_size = 4
+    config.micro_batch_size = 2
+    config.max_steps = 1
+    config.learning_rate = 1e-6
+    published: list[tuple[Path, int]] = []
+
+    def publish(model_dir: Path, version: int) -> None:
+        published.append((model_dir, version))
+
+    first = Trainer(config, dbs, publish, show_progress=False)
+    tok = first.tokenizer
+    g1 = store_group(dbs, tok, "a-task", [1.0, 0.0])
+    g2 = store_group(dbs, tok, "b-task", [0.0, 0.0])
+    g3 = store_group(dbs, tok, "c-task", [0.2, 0.0])
+    history = first.train()
+    assert len(history) == 1
+    assert dbs.global_step.get() == 1
+    assert [v for _, v in published] == [1]
+    assert (published[0][0] / "model.safetensors").exists()
+    assert (published[0][0] / COMPLETE_MARKER).exists()
+    for record in g1 + g3:
+        stored = dbs.store.get(Record, record.id)
+        assert stored.trained_count == 1
+        assert stored.last_trained_step == 1
+    assert dbs.store.get(Record, g1[0].id).advantage == pytest.approx(1.0, abs=1e-3)
+    assert dbs.store.get(Record, g1[1].id).advantage == pytest.approx(-1.0, abs=1e-3)
+    assert {dbs.store.get(Record, r.id).status for r in g2} == {RecordStatus.ABANDONED}
+    step1 = history[0]
+    assert step1["reward/mean"] == pytest.approx((1.0 + 0.0 + 0.2 + 0.0) / 4)
+    assert step1["train/records"] == 4 and step1["train/groups"] == 2
+    assert step1["rollout/correct_rate"] == pytest.approx(1 / 6)  # 6 records finished so far
+    assert step1["rollout/well_formed_rate"] == pytest.approx(2 / 6)
+
+    # a fresh trainer resumes from the checkpoint and trains step 2 on new records
+    store_group(dbs, tok, "d-task", [1.0, 0.2, 0.0, 0.0], epoch=2, step=1)
+    config.max_steps = 2
+    second = Trainer(config, dbs, publish, show_progress=False)
+    assert second.resumed_step == 1
+    history2 = second.train()
+    assert len(history2) == 1
+    assert [v for _, v in published] == [1, 1, 2]  # resume re-publishes step 1, then step 2
+    assert dbs.global_step.get() == 2
+    assert latest_checkpoint(second.root).name == "step-000002"
+    lines = read_metrics(second.metrics_path)
+    assert [line["step"] for line in lines] == [1, 2]
+    assert lines[1]["staleness/mean"] == pytest.approx(0.0)
+    assert lines[1]["reward/mean"] == pytest.approx(0.3)
+
+
+def test_stops_when_sampling_finished_and_nothing_left(
+    config: AgentTrainingConfig, dbs: Databases
+) -> None:
+    trainer = Trainer(config, dbs, sampling_finished=lambda: True, show_progress=False)
+    assert trainer.train() == []
+    assert dbs.global_step.get() == 0
+    assert torch.is_grad_enabled()
