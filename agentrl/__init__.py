@@ -19,7 +19,8 @@ One sampling job, from ``push_epoch`` to a READY Record:
 4. :meth:`AsyncSampler.run` samples, each LLM call through
    :meth:`AsyncSampler.create_chat_completions` → ``Router.create_chat_completion`` (one
    DispatchedSamplingTask per call);
-5. on exit :meth:`AsyncSampler.evaluate_record` scores it; :func:`~agentrl.rollout.claims.write_record`,
+5. on exit :meth:`AsyncSampler.evaluate_record` scores it;
+   :func:`~agentrl.rollout.claims.write_record`,
    :func:`~agentrl.rollout.claims.push_score` and, for the group's last trajectory,
    :func:`~agentrl.rollout.claims.complete_group` mark the group READY (ABANDONED without spread);
 6. beat's housekeeping (:func:`agentrl.rollout.epochs.requeue_expired`) re-sends claims whose

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from agentrl.configs import AgentTrainingConfig, load_config
 from agentrl.rollout.claims import Claim
@@ -90,7 +90,12 @@ def celery_settings(config: AgentTrainingConfig) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
-        "task_queues": [Queue(SAMPLING_QUEUE), Queue(EVALUATION_QUEUE)],
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (SAMPLING_QUEUE, EVALUATION_QUEUE)
+        ],
+        "task_default_exchange": SAMPLING_QUEUE,
+        "task_default_routing_key": SAMPLING_QUEUE,
         "task_default_queue": SAMPLING_QUEUE,
         "imports": [*TASK_MODULES, *extra],
         "beat_schedule": schedule,

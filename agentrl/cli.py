@@ -7,6 +7,8 @@ import typer
 
 from agentrl.driver.cli import RUN_COMMAND, run
 from agentrl.inference.cli import engine_app, services_app
+from agentrl.ops_cli import EVAL_COMMAND, STATUS_COMMAND, eval_command, status
+from agentrl.rollout.osworld.cli import osworld_app
 from agentrl.training.cli import TRAIN_COMMAND, train
 
 app = typer.Typer(
@@ -19,8 +21,11 @@ app = typer.Typer(
 # Subcommand groups are registered below (app.add_typer / app.command), one line per subsystem.
 app.add_typer(engine_app, name="engine")
 app.add_typer(services_app, name="services")
+app.add_typer(osworld_app, name="osworld")
 app.command(**TRAIN_COMMAND)(train)
 app.command(**RUN_COMMAND)(run)
+app.command(**STATUS_COMMAND)(status)
+app.command(**EVAL_COMMAND)(eval_command)
 
 
 def main() -> None:

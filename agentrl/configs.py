@@ -153,17 +153,17 @@ class AgentTrainingConfig(BaseSettings):
     )
     osworld_provider: Literal["none", "docker", "vmware", "virtualbox", "aws", "azure"] = Field(
         "none",
-        description="desktop-env provider that starts OSWorld VMs on LOCAL_RANK 0 (none: URLs only).",
+        description="desktop-env provider starting OSWorld VMs on LOCAL_RANK 0 (none: URLs only).",
     )
     osworld_num_envs: int = Field(
         1, ge=0, description="OSWorld VMs the desktop-env provider starts per node."
     )
     osworld_os_type: str = Field("Ubuntu", description="OS of the OSWorld VMs (Ubuntu, Windows).")
-    osworld_screen_width: int = Field(1920, ge=1, description="Screen width of an env, in pixels.")
-    osworld_screen_height: int = Field(1080, ge=1, description="Screen height of an env, in pixels.")
+    osworld_screen_width: int = Field(1920, ge=1, description="Screen width of an env (pixels).")
+    osworld_screen_height: int = Field(1080, ge=1, description="Screen height of an env (pixels).")
     osworld_observation: Literal["a11y_tree", "screenshot", "screenshot_a11y_tree"] = Field(
         "a11y_tree",
-        description="What the model sees each step: accessibility tree (text), screenshot, or both.",
+        description="What the model sees per step: accessibility tree (text), screenshot, or both.",
     )
     osworld_max_steps: int = Field(15, ge=1, description="Actions per OSWorld episode at most.")
     osworld_a11y_max_chars: int = Field(

@@ -408,3 +408,31 @@ class ChildProcessFailedError(TrainingError):
         super().__init__(
             f"child process {name!r} exited with status {returncode} (log: {log_file})\n{log_tail}"
         )
+
+
+# --- operations (evaluation jobs, status) --------------------------------------------------------
+
+
+class OperationsError(AgentRLError):
+    """Base of errors from ad-hoc evaluation jobs and the status view."""
+
+
+class EvaluationError(OperationsError):
+    """Raised when an evaluation job cannot run: a ``train`` split, an unknown sampler, an
+    unreadable dataset, or a service given without a model name.
+
+    The exception's ``args`` are ``(evaluation_id, reason)``, so it survives the trip through the
+    Celery result backend (JSON) and ``AsyncResult.get()`` raises it again in the caller.
+
+    Attributes:
+        evaluation_id: the evaluation (``""`` when it was refused before it got an id).
+        reason: what is wrong and how to fix it.
+    """
+
+    def __init__(self, evaluation_id: str, reason: str) -> None:
+        super().__init__(evaluation_id, reason)
+        self.evaluation_id, self.reason = evaluation_id, reason
+
+    def __str__(self) -> str:
+        where = f"evaluation {self.evaluation_id}: " if self.evaluation_id else "evaluation: "
+        return where + self.reason

@@ -16,8 +16,8 @@ import httpx
 import redis
 from pymongo import monitoring
 
-from agentrl.configs import load_config
-from agentrl.databases import Record
+from agentrl.configs import AgentTrainingConfig, load_config
+from agentrl.databases import Record, Task
 from agentrl.rollout.registry import register_sampler
 from agentrl.rollout.sampler import AsyncSampler
 
@@ -48,6 +48,11 @@ async def fake_llm_call(client: httpx.AsyncClient, base_url: str, turn: int) -> 
 @register_sampler("bench")
 class BenchSampler(AsyncSampler):
     """Three sequential fake LLM calls; score ``traj_id % 2``."""
+
+    @classmethod
+    def load_dataset(cls, config: AgentTrainingConfig, split: str) -> list[Task]:
+        """``max_train_tasks`` empty tasks."""
+        return [Task() for _ in range(config.max_train_tasks or 1)]
 
     async def run(self) -> None:
         base_url = os.environ["BENCH_BASE_URL"]

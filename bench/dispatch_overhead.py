@@ -1,4 +1,4 @@
-"""Dispatch overhead of the job system: beat → Redis queue → worker → MongoDB, against plain asyncio.
+"""Dispatch overhead of the job system (beat → Redis queue → worker → MongoDB) vs plain asyncio.
 
 Each trajectory makes 3 LLM calls, answered by a fake OpenAI-compatible server after
 ``--latency-s`` seconds (2 s). The job-system run starts one ``celery -A agentrl worker`` (threads
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -57,6 +58,11 @@ def fake_server(port: int) -> None:
         }
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096)
+
+
+def aware(value: datetime) -> datetime:
+    """``value`` as timezone-aware UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def free_port() -> int:
@@ -135,9 +141,9 @@ def job_system(base_url: str, n: int, concurrency: int, workdir: Path) -> dict[s
             if time.monotonic() > deadline:
                 raise RuntimeError("trajectories did not finish")
             time.sleep(0.5)
-        pushed = min(t.created_at for t in dbs.store.find(Task, {}))
-        starts = sorted(r.created_at for r in dbs.store.find(Record, {}))
-        ends = max(r.updated_at for r in dbs.store.find(Record, {}))
+        pushed = min(aware(t.created_at) for t in dbs.store.find(Task, {}))
+        starts = sorted(aware(r.created_at) for r in dbs.store.find(Record, {}))
+        ends = max(aware(r.updated_at) for r in dbs.store.find(Record, {}))
         ops = {k.decode(): int(v) for k, v in redis.Redis.from_url(config.redis_url).hgetall(
             f"{config.key_prefix}:bench:mongo_ops:worker").items()}
         return {

@@ -1,1 +1,1 @@
-"""Celery job modules run by ``celery -A agentrl worker`` (sampling; evaluation lives next to it)."""
+"""Celery job modules run by ``celery -A agentrl worker``: sampling (and evaluation)."""

@@ -32,7 +32,7 @@ from agentrl.rollout.leases import inflight_key, lease_key
 logger = logging.getLogger(__name__)
 
 Enqueue = Callable[[list[Claim]], None]
-"""Sends claims as sampling messages (the Celery app's :func:`agentrl.celery_app.enqueue_claims`)."""
+"""Sends claims as sampling messages (:func:`agentrl.celery_app.enqueue_claims`)."""
 
 PUSH_LOCK_TTL_S = 300.0
 """Seconds the push lock lives if its holder dies mid-push."""
@@ -55,7 +55,7 @@ def pushed_key(prefix: str, split: str) -> str:
 
 
 def target_epochs(config: AgentTrainingConfig, split: str) -> int:
-    """How many epochs of ``split`` to push: ``num_train_epochs`` for train, else ``eval_epochs``."""
+    """Epochs of ``split`` to push: ``num_train_epochs`` for train, else ``eval_epochs``."""
     return config.num_train_epochs if split == "train" else config.eval_epochs
 
 

@@ -30,7 +30,7 @@ if v == false or v == ARGV[1] then
 end
 return 0
 """
-"""Extend our lease (or take it back if it lapsed and nobody took it) and keep the inflight entry."""
+"""Extend our lease (or retake it if it lapsed and is free) and keep the inflight entry."""
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end

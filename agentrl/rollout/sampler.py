@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
+from pymongo import ReturnDocument
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
@@ -45,12 +46,12 @@ from agentrl.databases import (
 )
 from agentrl.databases.connections import GLOBAL_STEP
 from agentrl.errors import (
-    InferenceError,
     NoTaskAvailableError,
     RolloutError,
     TrajectoryFinishedError,
     TrajectoryLeasedError,
 )
+from agentrl.inference.routing import Router
 from agentrl.rollout.claims import (
     FINISHED_RECORD_STATUSES,
     Claim,
@@ -61,11 +62,6 @@ from agentrl.rollout.claims import (
 )
 from agentrl.rollout.leases import LeaseKeeper
 from agentrl.rollout.registry import sampler_name_of
-
-try:  # the inference engineer's router; samplers that call no model work without it
-    from agentrl.inference.routing import Router
-except ImportError:  # pragma: no cover - only while agentrl.inference.routing is being written
-    Router = None  # type: ignore[assignment,misc]
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +96,7 @@ class SamplerContext:
         self.leases = LeaseKeeper(
             redis, config.key_prefix, config.lease_ttl_s, config.heartbeat_interval_s
         )
-        self._router: Any = None
+        self._router: Router | None = None
         self._tasks: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
 
     @classmethod
@@ -113,15 +109,9 @@ class SamplerContext:
         redis = aioredis.from_url(config.redis_url, decode_responses=True)
         return cls(config, store, redis)
 
-    async def router(self) -> Any:
-        """The shared :class:`agentrl.inference.routing.Router` (created on first use).
-
-        Raises:
-            InferenceError: the routing module is not installed.
-        """
+    async def router(self) -> Router:
+        """The shared :class:`~agentrl.inference.routing.Router` (created on first use)."""
         if self._router is None:
-            if Router is None:
-                raise InferenceError("agentrl.inference.routing is not available")
             self._router = Router(self.config, self.store, self.redis)
         return self._router
 
@@ -248,6 +238,7 @@ class AsyncSampler(ABC):
             try:
                 await self._start()
             except BaseException:
+                await self._release_task()
                 await self.context.leases.release(self.claim.record_id)
                 raise
         except BaseException:
@@ -266,6 +257,7 @@ class AsyncSampler(ABC):
             return False
         keep_claim = False
         try:
+            await self._save_task_state()
             if exc is None:
                 await self._finish(await self._score(), error=None)
             elif isinstance(exc, Exception):
@@ -273,15 +265,14 @@ class AsyncSampler(ABC):
                 keep_claim = await self._fail(exc)
             else:  # cancelled / interrupted: the claim stays inflight for housekeeping
                 keep_claim = True
-            if self.task is not None and isinstance(self, StatefulSampler):
-                await self._release_task()
         finally:
-            if keep_claim:
+            try:
+                await self._release_task()
+            finally:
                 await self.context.leases.release(claim.record_id)
-                await self._restore_inflight(claim)
-            else:
-                await self.context.leases.release(claim.record_id)
-            await self._close_context()
+                if keep_claim:
+                    await self._restore_inflight(claim)
+                await self._close_context()
         return exc is None or isinstance(exc, Exception)
 
     async def _start(self) -> None:
@@ -303,11 +294,7 @@ class AsyncSampler(ABC):
                 {"record_id": claim.record_id},
                 {"$set": {"status": DispatchStatus.CANCELLED.value, "updated_at": utcnow()}},
             )
-        raw = await ctx.task(claim.task_id)
-        if raw is None:
-            raise NoTaskAvailableError(f"task {claim.task_id} of claim {claim} does not exist")
-        if isinstance(self, StatefulSampler):
-            raw = await self._acquire_task(claim.task_id)
+        raw = await self._load_task(claim.task_id)
         self.task = Task.from_mongo(raw)
         self.record = self.record_class(
             id=claim.record_id,
@@ -392,12 +379,26 @@ class AsyncSampler(ABC):
             await self._context.aclose()
             self._context = None
 
-    # StatefulSampler hooks (no-ops here)
-    async def _acquire_task(self, task_id: str) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
+    # --- task hooks (StatefulSampler overrides them) --------------------------------------------
 
-    async def _release_task(self) -> None:  # pragma: no cover
-        raise NotImplementedError
+    async def _load_task(self, task_id: str) -> dict[str, Any]:
+        """The raw task document for a trajectory about to start (process cache).
+
+        Raises:
+            NoTaskAvailableError: the task does not exist.
+        """
+        raw = await self.context.task(task_id)
+        if raw is None:
+            raise NoTaskAvailableError(f"task {task_id} does not exist")
+        return raw
+
+    async def _save_task_state(self) -> None:
+        """Store what the trajectory left in the task (nothing for independent samples)."""
+        return None
+
+    async def _release_task(self) -> None:
+        """Let the task's next trajectory start (nothing for independent samples)."""
+        return None
 
 
 class StatefulSampler(AsyncSampler, ABC):
@@ -409,34 +410,39 @@ class StatefulSampler(AsyncSampler, ABC):
     next trajectory continues from this one's state.
     """
 
-    async def _acquire_task(self, task_id: str) -> dict[str, Any]:
+    _task_locked: bool = False
+
+    async def _load_task(self, task_id: str) -> dict[str, Any]:
+        """Take the task's lock (waiting for the running trajectory of the task), then load the
+        task fresh (with the state the previous trajectory left) and mark it RUNNING."""
         ctx = self.context
         while not await ctx.leases.acquire(f"task:{task_id}"):
             await asyncio.sleep(STATEFUL_POLL_S)
+        self._task_locked = True
         raw = await ctx.store.collection(Task).find_one_and_update(
             {"_id": task_id, "status": {"$ne": TaskStatus.COMPLETED.value}},
             {"$set": {"status": TaskStatus.RUNNING.value, "updated_at": utcnow()}},
+            return_document=ReturnDocument.AFTER,
         )
         if raw is None:
             raw = await ctx.store.collection(Task).find_one({"_id": task_id})
         if raw is None:
-            await ctx.leases.release(f"task:{task_id}")
             raise NoTaskAvailableError(f"task {task_id} does not exist")
         return raw
 
-    async def _release_task(self) -> None:
-        ctx, task = self.context, self.task
-        if task is None:  # pragma: no cover
+    async def _save_task_state(self) -> None:
+        """Store ``self.task.state`` and mark the task WAITING (before the score completes it)."""
+        task = self.task
+        if task is None:  # pragma: no cover - __aenter__ failed
             return
-        try:
-            await ctx.store.collection(Task).update_one(
-                {"_id": task.id, "status": {"$ne": TaskStatus.COMPLETED.value}},
-                {"$set": {"state": task.state, "status": TaskStatus.WAITING.value,
-                          "updated_at": utcnow()}},
-            )
-            await ctx.store.collection(Task).update_one(
-                {"_id": task.id, "status": TaskStatus.COMPLETED.value},
-                {"$set": {"state": task.state}},
-            )
-        finally:
-            await ctx.leases.release(f"task:{task.id}")
+        await self.context.store.collection(Task).update_one(
+            {"_id": task.id, "status": {"$ne": TaskStatus.COMPLETED.value}},
+            {"$set": {"state": task.state, "status": TaskStatus.WAITING.value,
+                      "updated_at": utcnow()}},
+        )
+
+    async def _release_task(self) -> None:
+        """Release the task's lock so its next trajectory starts."""
+        if self._task_locked and self.claim is not None:
+            self._task_locked = False
+            await self.context.leases.release(f"task:{self.claim.task_id}")

@@ -43,6 +43,7 @@ OPTIM_LR = "optim/lr"
 TRAIN_RECORDS = "train/records"
 TRAIN_GROUPS = "train/groups"
 TRAIN_SEQUENCES = "train/sequences"
+TRAIN_SKIPPED_RECORDS = "train/skipped_records"
 
 SHOWN_IN_PROGRESS = (REWARD_MEAN, LOSS_POLICY, CLIP_REGION, STALENESS_MEAN, PERF_TOKENS_PER_S)
 """The metrics the progress bar shows after each step."""

@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases
-from agentrl.errors import TrainingError
+from agentrl.errors import AlignmentError, TrainingError
 from agentrl.inference.model_files import resolve_model_path
 from agentrl.training import metrics as M
 from agentrl.training.checkpoint import (
@@ -134,6 +134,7 @@ class Trainer:
         self.converter = get_record_converter(config.record_converter)
         self.claimer = RecordClaimer(config, dbs)
         self.steps_done = 0
+        self.skipped_records = 0
         self.resumed_step: int | None = None
         if resume_from is not None:
             self._resume(resume_from)
@@ -222,12 +223,19 @@ class Trainer:
     def _say_waiting(self, held: int) -> None:
         counts = self.claimer.status_counts()
         rollout = self.claimer.rollout_counts()
+        waited = f"{self.config.no_spread_warning_s:.0f} s"
+        records = ", ".join(f"{k}={v}" for k, v in counts.items() if v) or "none yet"
+        holding = f"holding {held}/{self.config.train_batch_size} records"
+        if rollout.finished == 0:
+            self.logger.note(
+                f"[yellow]waiting {waited} for the first finished group ({holding}); "
+                f"records: {records}"
+            )
+            return
         self.logger.note(
-            f"[yellow]no group with score spread for {self.config.no_spread_warning_s:.0f} s "
-            f"(holding {held}/{self.config.train_batch_size} records); records: "
-            + ", ".join(f"{k}={v}" for k, v in counts.items() if v)
-            + f"; finished {rollout.finished}, correct {rollout.correct}, "
-            f"well-formed {rollout.well_formed}. Groups whose samples all score the same are "
+            f"[yellow]no group with score spread for {waited} ({holding}); records: {records}; "
+            f"of {rollout.finished} finished: {rollout.correct} correct, "
+            f"{rollout.well_formed} well-formed. Groups whose samples all score the same are "
             "abandoned; more generations per task or an easier dataset give spread."
         )
 
@@ -262,6 +270,7 @@ class Trainer:
         metrics[M.TRAIN_RECORDS] = float(len(records))
         metrics[M.TRAIN_GROUPS] = float(len(groups))
         metrics[M.TRAIN_SEQUENCES] = float(len(batch))
+        metrics[M.TRAIN_SKIPPED_RECORDS] = float(self.skipped_records)
         metrics[M.PERF_STEP_TIME_S] = time.monotonic() - started
         if self.is_main:
             self.logger.log(step + 1, metrics)
@@ -294,19 +303,30 @@ class Trainer:
     def build_batch(self, groups: list[ClaimedGroup]) -> TrainBatch:
         """Convert and tokenize the claimed records into one padded batch.
 
+        A record whose tokens do not line up is skipped with an error log naming it (counted in
+        ``train/skipped_records``).
+
         Raises:
-            AlignmentError: a record's tokens do not line up (names the record).
+            AlignmentError: every record failed to line up (the first error, naming its record).
             TrainingError: no record produced a trainable sequence.
         """
         records = [r for g in groups for r in g.records]
         calls = self.claimer.calls_of(records)
         tokenized = []
+        errors: list[AlignmentError] = []
         for record in records:
-            for sample in self.converter(record, calls[record.id]):
-                tokenized.append(
+            try:
+                tokenized += [
                     tokenize_sample(sample, self.tokenizer, self.config.max_train_seq_len)
-                )
+                    for sample in self.converter(record, calls[record.id])
+                ]
+            except AlignmentError as exc:  # one bad record must not stop the run: say which
+                log.error("skipping record %s: %s", record.id, exc)
+                errors.append(exc)
+        self.skipped_records = len(errors)
         if not tokenized:
+            if errors:
+                raise errors[0]
             raise TrainingError(
                 f"records {[r.id for r in records][:8]} have no completed LLM call to train on"
             )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from agentrl.celery_app import make_app, enqueue_claims
+from agentrl.celery_app import enqueue_claims, make_app
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, Record, Task, TaskStatus
 from agentrl.rollout.epochs import push_epoch

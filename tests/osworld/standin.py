@@ -14,6 +14,7 @@ It covers the protocol, leasing and logging; it does not run apps, setup steps o
 from __future__ import annotations
 
 import ast
+import asyncio
 import io
 import socket
 import threading
@@ -43,6 +44,7 @@ class StandInState:
         width, height: screen size in pixels.
         execute_delay_s: seconds ``/execute`` sleeps before answering (to catch a worker
             mid-episode).
+        execute_calls: ``/execute`` requests received (counted on arrival).
         executed: commands run through ``/execute`` (all time).
         actions_since_reset: pyautogui code run since the last ``/reset``.
         setup_steps: ``(endpoint, body)`` of every setup call.
@@ -61,6 +63,7 @@ class StandInState:
     resets: list[str] = field(default_factory=list)
     evaluations: list[tuple[str, str, float]] = field(default_factory=list)
     screenshots: int = 0
+    execute_calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -107,8 +110,10 @@ def make_app(state: StandInState) -> FastAPI:
     @app.post("/execute")
     async def execute(request: Request) -> dict[str, Any]:
         body = await request.json()
+        with state.lock:
+            state.execute_calls += 1
         if state.execute_delay_s:
-            time.sleep(state.execute_delay_s)
+            await asyncio.sleep(state.execute_delay_s)
         code = _action_code(body.get("command"))
         with state.lock:
             state.executed.append(body.get("command"))
@@ -178,4 +183,5 @@ class StandInServer:
 
     def stop(self) -> None:
         self.server.should_exit = True
+        self.server.force_exit = True  # do not wait for a hung /execute of a killed client
         self.thread.join(timeout=10)

@@ -1,10 +1,12 @@
-"""parse_action on a table of model outputs: fenced and unfenced code, WAIT/DONE/FAIL, malformed."""
+"""parse_action on a table of model outputs (fenced and unfenced code, WAIT/DONE/FAIL, malformed),
+and the accessibility tree as text."""
 
 from __future__ import annotations
 
 import pytest
 
 from agentrl.rollout.osworld import parse_action
+from agentrl.rollout.osworld.observation import HEADER, linearize_a11y_tree
 
 CLICK = "pyautogui.click(100, 200)"
 
@@ -55,3 +57,22 @@ def test_parse_action(text: str, code: str | None, special: str | None, malforme
         assert action.error
         assert action.summary().startswith("MALFORMED")
     assert action.ends_episode == (special in ("DONE", "FAIL"))
+
+
+def test_a11y_tree_becomes_a_table() -> None:
+    xml = (
+        '<desktop-frame xmlns:st="https://accessibility.ubuntu.example.org/ns/state" '
+        'xmlns:cp="https://accessibility.ubuntu.example.org/ns/component">'
+        '<application name="gedit"><push-button name="Save" st:showing="true" '
+        'cp:screencoord="(10, 20)" cp:size="(80, 30)"/>'
+        '<label name="Hidden" st:showing="false"/><paragraph>Hello\nworld</paragraph>'
+        '<filler/></application></desktop-frame>'
+    )
+    assert linearize_a11y_tree(xml, 1000).splitlines() == [
+        HEADER,
+        "application\tgedit\t\t\t",
+        "push-button\tSave\t\t(10, 20)\t(80, 30)",
+        "paragraph\t\tHello\\nworld\t\t",
+    ]
+    assert len(linearize_a11y_tree(xml, 120)) <= 120
+    assert linearize_a11y_tree("not xml at all", 5) == "not x"

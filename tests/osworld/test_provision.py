@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from agentrl.cli import app
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases
 from agentrl.errors import ProviderUnavailableError
@@ -147,3 +150,27 @@ def test_desktop_envs_are_served_through_the_bridge(
         assert fake.reset_with == [{"id": "t1", "config": []}]
         assert fake.action_history == ["FAIL"]
     assert fake.closed and _names(dbs) == []
+
+
+def test_cli_provision_and_envs(
+    config: AgentTrainingConfig, dbs: Databases, standin_envs: list[StandInServer],
+) -> None:
+    url = standin_envs[1].url
+    env = {**os.environ, "AGENTRL_OSWORLD_ENV_URLS": url}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from agentrl.cli import main; main()", "osworld", "provision"],
+        env=env, text=True, stdout=subprocess.PIPE,
+    )
+    try:
+        report = json.loads(proc.stdout.readline())
+        assert report == {"provisioned": True, "envs": [env_name_for(url)], "unreachable": {}}
+        listed = CliRunner().invoke(app, ["osworld", "envs", "--json"])
+        assert listed.exit_code == 0, listed.output
+        (row,) = [json.loads(line) for line in listed.output.splitlines()]
+        assert (row["name"], row["url"], bool(row["in_use"])) == (env_name_for(url), url, False)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert _names(dbs) == []

@@ -92,8 +92,9 @@ def test_guide_example_with_the_cpu_engine(
     config.train_file = str(tmp_path / "tasks.jsonl")
     config.osworld_env_urls = ",".join(s.url for s in standin_envs)
     config.num_generations = 2
-    config.osworld_max_steps = 2
-    config.max_new_tokens = 12
+    config.osworld_max_steps = 1  # the CPU engine shares 2 cores with everything else
+    config.max_new_tokens = 8
+    config.osworld_a11y_max_chars = 400
     register_external_service(dbs.store, engine_url, config.model_name)
     with setup_osworld_envs(config, dbs) as envs:
         cfg = config
@@ -106,15 +107,12 @@ def test_guide_example_with_the_cpu_engine(
         assert sum(env.lease_count for env in pool) == 8
         names = {env.name for env in envs.envs}
     records = list(dbs.store.find(Record, {}))
-    calls_all = list(dbs.store.find(DispatchedSamplingTask, {}))
-    print("LAT", sorted(round(c.latency_s, 2) for c in calls_all))
-    print("REC", sorted((r.created_at.isoformat(), str(r.updated_at)) for r in records))
     assert len(records) == 8
     for record in records:
         assert record.status in (RecordStatus.READY, RecordStatus.ABANDONED)
         assert record.score in (0.0, 1.0) and record.meta["env"] in names
         steps = record.meta["steps"]
-        assert 1 <= len(steps) <= 2
+        assert len(steps) == 1 and steps[0]["raw"] and steps[0]["observation"]["screenshot"]
         calls = list(dbs.store.find(DispatchedSamplingTask, {"record_id": record.id}))
         assert sorted(c.turn for c in calls) == list(range(len(steps)))
         assert all(c.meta["osworld"]["step"] == c.turn and c.completion_token_ids for c in calls)

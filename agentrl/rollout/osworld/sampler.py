@@ -6,7 +6,8 @@ One trajectory (:meth:`OSWorldStatefulSampler.run`):
    heartbeat-renewed, released in ``finally``);
 2. reset the env and run the task's ``config`` setup steps;
 3. loop until the model says DONE or FAIL, or ``osworld_max_steps``: observe (accessibility tree
-   text and/or screenshot; every screenshot goes to the object store and messages hold the
+   as a text table, :func:`~agentrl.rollout.osworld.observation.linearize_a11y_tree`, and/or the
+   screenshot; every screenshot goes to the object store and messages hold the
    reference ``{"$objref": ..., "mime": "image/png"}`` in an ``image_url`` part), ask the model
    (``create_chat_completions``, one DispatchedSamplingTask per step), parse the pyautogui action
    (:func:`~agentrl.rollout.osworld.actions.parse_action`), execute it. A malformed output is a
@@ -43,6 +44,7 @@ from agentrl.rollout.osworld.actions import ParsedAction, parse_action
 from agentrl.rollout.osworld.client import OSWorldEnvClient
 from agentrl.rollout.osworld.dataset import OSworldDataset, OSworldTask
 from agentrl.rollout.osworld.envs import EnvLease, OSWorldEnv
+from agentrl.rollout.osworld.observation import linearize_a11y_tree
 from agentrl.rollout.registry import register_sampler
 from agentrl.rollout.sampler import StatefulSampler
 
@@ -56,6 +58,9 @@ pyautogui.click(100, 200)
 ```
 Do not use pyautogui.locateCenterOnScreen or pyautogui.screenshot. Answer ```WAIT``` to wait, \
 ```DONE``` when the task is finished, ```FAIL``` if it cannot be done."""
+
+WAIT_S = 1.0
+"""Seconds a WAIT action pauses before the next observation."""
 
 ACTION_HISTORY_IN_PROMPT = 5
 """Previous actions of the episode listed in each step's prompt."""
@@ -223,8 +228,8 @@ class OSWorldStatefulSampler(StatefulSampler):
         if mode != "screenshot":
             tree = await client.accessibility_tree()
             observation["a11y_tree_chars"] = len(tree)
-            clipped = tree[: cfg.osworld_a11y_max_chars]
-            parts.append({"type": "text", "text": f"Accessibility tree:\n{clipped}"})
+            table = linearize_a11y_tree(tree, cfg.osworld_a11y_max_chars)
+            parts.append({"type": "text", "text": f"Accessibility tree:\n{table}"})
         return observation, parts
 
     @staticmethod
@@ -253,7 +258,7 @@ class OSWorldStatefulSampler(StatefulSampler):
             return {"status": "failed", "error": action.error}
         if not action.code:
             if action.special == "WAIT":
-                await asyncio.sleep(0)
+                await asyncio.sleep(WAIT_S)
             return {"status": "ok", "special": action.special}
         try:
             result = await client.run_action(action.code)

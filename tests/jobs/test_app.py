@@ -1,0 +1,52 @@
+"""The Celery app's settings and queue routing (no worker)."""
+
+from __future__ import annotations
+
+import json
+
+from agentrl.celery_app import (
+    SAMPLE_TASK,
+    celery_settings,
+    enqueue_claims,
+    make_app,
+)
+from agentrl.configs import AgentTrainingConfig
+from agentrl.databases import Databases
+from agentrl.rollout.claims import Claim
+
+
+def test_settings_are_json_only_acks_late_prefixed(config: AgentTrainingConfig) -> None:
+    settings = celery_settings(config)
+    assert settings["task_serializer"] == settings["result_serializer"] == "json"
+    assert settings["accept_content"] == ["json"]
+    assert settings["task_acks_late"] and settings["task_reject_on_worker_lost"]
+    assert settings["worker_prefetch_multiplier"] == 1
+    assert settings["worker_send_task_events"]
+    assert settings["worker_pool"] == "threads"
+    assert settings["worker_concurrency"] == config.max_concurrent_samples_per_process >= 64
+    options = settings["broker_transport_options"]
+    assert options["visibility_timeout"] == config.visibility_timeout_s
+    assert options["global_keyprefix"] == f"{config.key_prefix}:"
+    assert settings["result_backend_transport_options"]["global_keyprefix"] == options[
+        "global_keyprefix"]
+    assert [q.name for q in settings["task_queues"]] == ["sampling", "evaluation"]
+
+
+def test_lazy_app_reads_config_from_env(config: AgentTrainingConfig) -> None:
+    app = make_app()
+    assert app.conf.broker_url == config.redis_url
+    assert app.agentrl_config.key_prefix == config.key_prefix
+
+
+def test_claims_route_by_split_as_json(config: AgentTrainingConfig, dbs: Databases) -> None:
+    app = make_app(config)
+    claims = [Claim("t1", 0, 1, "train", "rft"), Claim("t1", 1, 1, "train", "rft"),
+              Claim("e1", 0, 1, "eval", "rft")]
+    assert enqueue_claims(app, claims) == 3
+    prefix = config.key_prefix
+    assert dbs.redis.llen(f"{prefix}:sampling") == 2
+    assert dbs.redis.llen(f"{prefix}:evaluation") == 1
+    message = json.loads(dbs.redis.lindex(f"{prefix}:evaluation", 0))
+    assert message["content-type"] == "application/json"
+    assert message["headers"]["task"] == SAMPLE_TASK
+    assert dbs.redis.llen("sampling") == 0  # nothing outside the run's prefix
