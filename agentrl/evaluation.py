@@ -34,7 +34,6 @@ evaluations in ``agentrl status`` (epochs pushed by beat start at 1).
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import uuid
@@ -93,7 +92,7 @@ class EvaluationSpec:
     num_samples: int = 1
     limit: int = 0
     max_wait_s: float = 3600.0
-    poll_interval_s: float = 1.0
+    poll_interval_s: float = 2.0
     dispatched: bool = False
     deadline_at: float = 0.0
 
@@ -159,8 +158,8 @@ def summarize_evaluation(
         ``evaluation_id``, ``sampler``, ``dataset``, ``model``, ``split``, ``num_samples``;
         ``tasks`` (inserted) and ``tasks_completed``; ``expected`` trajectories; ``count``
         (finished, i.e. scored, trajectories); ``unfinished``; ``mean_score`` and ``accuracy``
-        (share of finished records scoring >= :data:`CORRECT_SCORE`; NaN-free: ``None`` when
-        nothing finished); ``failures`` (finished records carrying an error: sampling or scoring
+        (share of finished records scoring >= :data:`CORRECT_SCORE`; both ``None`` when nothing
+        finished); ``failures`` (finished records carrying an error: sampling or scoring
         failed, scored 0); ``by_status`` (records per status); ``record_ids`` (finished, sorted).
     """
     tasks = list(store.collection(Task).find(
@@ -190,7 +189,7 @@ def summarize_evaluation(
         "expected": expected,
         "count": len(finished),
         "unfinished": expected - len(finished),
-        "mean_score": None if mean is None or math.isnan(mean) else mean,
+        "mean_score": mean,
         "accuracy": correct / len(finished) if finished else None,
         "failures": sum(1 for r in finished if r.get("error")),
         "by_status": by_status,
@@ -210,7 +209,7 @@ def evaluate(
     api_key: str | None = None,
     limit: int = 0,
     max_wait_s: float = 3600.0,
-    poll_interval_s: float = 1.0,
+    poll_interval_s: float = 2.0,
     config: AgentTrainingConfig | None = None,
     app: Celery | None = None,
 ) -> AsyncResult:

@@ -36,13 +36,20 @@ def http_client() -> httpx.AsyncClient:
 
 
 async def fake_llm_call(client: httpx.AsyncClient, base_url: str, turn: int) -> dict:
-    """One chat completion against the fake server."""
-    response = await client.post(
-        f"{base_url}/v1/chat/completions",
-        json={"model": "fake", "messages": [{"role": "user", "content": f"turn {turn}"}]},
-    )
-    response.raise_for_status()
-    return response.json()
+    """One chat completion against the fake server (transport errors retried, like the
+    router does)."""
+    for attempt in range(3):
+        try:
+            response = await client.post(
+                f"{base_url}/v1/chat/completions",
+                json={"model": "fake", "messages": [{"role": "user", "content": f"turn {turn}"}]},
+            )
+            response.raise_for_status()
+            return response.json()
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @register_sampler("bench")

@@ -57,7 +57,8 @@ def fake_server(port: int) -> None:
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096,
+                timeout_keep_alive=120)
 
 
 def aware(value: datetime) -> datetime:

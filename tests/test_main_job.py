@@ -11,6 +11,7 @@ import pytest
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, InferenceService, RecordStatus
 from agentrl.driver.main_job import run_main_job
+from agentrl.errors import ConfigError
 from tests.conftest import SHARED_DATA, free_port
 
 pytestmark = pytest.mark.slow
@@ -63,3 +64,9 @@ def test_tiny_main_job(config: AgentTrainingConfig, dbs: Databases) -> None:
 def _child_pids(run_dir) -> list[str]:  # noqa: ANN001
     path = run_dir / "logs" / "pids"
     return path.read_text().splitlines() if path.exists() else []
+
+
+def test_missing_train_file_fails_before_starting_anything(config: AgentTrainingConfig) -> None:
+    config.train_file = "no/such/train.jsonl"
+    with pytest.raises(ConfigError, match="train-file"):
+        run_main_job(config, show_progress=False)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_config_flags
 from agentrl.configs import load_config
@@ -37,9 +40,29 @@ def run(
         config, external_workers=external_workers, fresh=fresh, show_progress=progress
     )
     console = Console()
+    console.print(steps_table(json.loads(result.summary.read_text())))
     console.print(f"[bold green]done[/]: {result.steps} optimizer steps")
     console.print(f"summary: {result.summary}")
     console.print(f"plot:    {result.plot}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def steps_table(summary: dict[str, Any]) -> Table:
+    """Per-step reward, correct / well-formed rates, clip fraction and staleness of a run."""
+    table = Table(title="per step")
+    columns = (
+        ("step", None), ("reward", "reward_per_step"), ("correct", "correct_rate_per_step"),
+        ("well-formed", "well_formed_rate_per_step"), ("clip", "clip_fraction_per_step"),
+        ("staleness", "staleness_per_step"),
+    )
+    for name, _ in columns:
+        table.add_column(name, justify="right")
+    for i in range(summary.get("steps", 0)):
+        table.add_row(str(i + 1), *(_fmt(summary[key][i]) for _, key in columns[1:]))
+    return table
 
 
 RUN_COMMAND = {

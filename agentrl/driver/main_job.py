@@ -30,6 +30,7 @@ from agentrl.configs import CONFIG_ENV_VAR, AgentTrainingConfig
 from agentrl.databases import Databases, init_databases
 from agentrl.driver.children import ChildProcess, ensure_redis, start_beat, start_worker
 from agentrl.driver.report import plot_rewards, write_summary
+from agentrl.errors import ConfigError
 from agentrl.inference.manager import InferenceManager
 from agentrl.rollout.epochs import split_done
 from agentrl.training.checkpoint import checkpoint_root
@@ -119,11 +120,18 @@ def run_main_job(
         The paths of the run's outputs.
 
     Raises:
+        ConfigError: ``train_file`` does not exist.
         ChildProcessFailedError: the worker or beat exited during the run.
         ServiceUnavailableError: Redis or MongoDB cannot be reached or started.
         EngineStartError: the inference engine did not start.
     """
     started = time.monotonic()
+    if not config.train_file or not Path(config.train_file).is_file():
+        raise ConfigError(
+            "train_file", config.train_file,
+            f"no such file (from {Path.cwd()}); pass --train-file PATH or run from the "
+            "repository root",
+        )
     run_dir = run_dir_of(config)
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

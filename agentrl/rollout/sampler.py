@@ -97,7 +97,8 @@ class SamplerContext:
             redis, config.key_prefix, config.lease_ttl_s, config.heartbeat_interval_s
         )
         self._router: Router | None = None
-        self._tasks: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._tasks: collections.OrderedDict[str, asyncio.Future[dict[str, Any] | None]] = (
+            collections.OrderedDict())
 
     @classmethod
     def open(cls, config: AgentTrainingConfig) -> SamplerContext:
@@ -116,15 +117,24 @@ class SamplerContext:
         return self._router
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
-        """The raw task document, marked RUNNING on first load; cached per process."""
-        raw = self._tasks.get(task_id)
-        if raw is None:
-            raw = await start_task(self.store, task_id)
-            if raw is None:
-                return None
-            self._tasks[task_id] = raw
+        """The raw task document, marked RUNNING on first load; cached per process.
+
+        Concurrent first loads of one task (the ``num_generations`` trajectories of a group
+        start together) share one MongoDB round trip.
+        """
+        pending = self._tasks.get(task_id)
+        if pending is None:
+            pending = asyncio.ensure_future(start_task(self.store, task_id))
+            self._tasks[task_id] = pending
             while len(self._tasks) > TASK_CACHE_SIZE:
                 self._tasks.popitem(last=False)
+        try:
+            raw = await asyncio.shield(pending)
+        except Exception:
+            self._tasks.pop(task_id, None)
+            raise
+        if raw is None:
+            self._tasks.pop(task_id, None)
         return raw
 
     async def global_step(self) -> int:

@@ -155,7 +155,9 @@ class Trainer:
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         restore_rng(state.rng)
-        if self.dbs.global_step.get() < state.step:
+        # the global step counts the optimizer steps in the served weights: steps after the
+        # checkpoint (weights-only, not resumable) are lost, so the counter goes back with them
+        if self.rank == 0:
             self.dbs.global_step.set(state.step)
         self.resumed_step = state.step
         log.info("resumed from %s (step %d)", path, state.step)
@@ -364,7 +366,7 @@ class Trainer:
         elapsed = time.monotonic() - started
         metrics = reduce_metrics(parts, weights)
         tokens = float(batch.attention_mask.sum().item())
-        staleness = (step - batch.created_at_step).float()[batch.loss_mask > 0]
+        staleness = (step - batch.created_at_step).clamp(min=0).float()[batch.loss_mask > 0]
         metrics.update(
             {
                 M.LOSS_POLICY: total_loss,

@@ -20,6 +20,7 @@ from agentrl.errors import EvaluationError
 from agentrl.evaluation import EVALUATION_EPOCH, evaluate
 from agentrl.inference.model_files import DEFAULT_MODEL_NAME, default_model_path
 from agentrl.inference.sglang import EngineClient
+from agentrl.rollout.math import MathTask
 from tests.conftest import SHARED_DATA, free_port
 from tests.ops.helpers import start, start_celery, stop
 
@@ -130,6 +131,7 @@ def test_evaluate_six_gsm8k_problems(
     tasks = list(dbs.store.find(Task, {"split": "eval"}))
     assert len(tasks) == N_PROBLEMS and {t.status for t in tasks} == {TaskStatus.COMPLETED}
     assert {t.sampler for t in tasks} == {"math"}
+    assert all(isinstance(t, MathTask) and t.question for t in tasks)
 
     # status during the run saw the worker and the engine's service; after it, exact counts
     assert snapshots, "the evaluation finished before status could look"

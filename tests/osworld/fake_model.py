@@ -31,7 +31,7 @@ def _text_of(messages: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def make_app(requests: list[dict[str, Any]], always_click: bool) -> FastAPI:
+def make_app(requests: list[dict[str, Any]], reply: str | None) -> FastAPI:
     app = FastAPI()
 
     @app.get("/health_generate")
@@ -42,8 +42,8 @@ def make_app(requests: list[dict[str, Any]], always_click: bool) -> FastAPI:
     async def chat(request: Request) -> dict[str, Any]:
         body = await request.json()
         requests.append(body)
-        done = "Your previous actions" in _text_of(body["messages"]) and not always_click
-        text = DONE if done else CLICK
+        done = "Your previous actions" in _text_of(body["messages"])
+        text = reply if reply is not None else (DONE if done else CLICK)
         ids = list(range(10, 10 + len(text) // 4))
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
@@ -60,16 +60,20 @@ def make_app(requests: list[dict[str, Any]], always_click: bool) -> FastAPI:
 
 
 class FakeModelServer:
-    """The scripted model on 127.0.0.1:<port>; ``requests`` holds every request body."""
+    """The scripted model on 127.0.0.1:<port>; ``requests`` holds every request body.
 
-    def __init__(self, always_click: bool = False) -> None:
+    Args:
+        reply: answer this text to every request instead of the click-then-DONE script.
+    """
+
+    def __init__(self, reply: str | None = None) -> None:
         self.requests: list[dict[str, Any]] = []
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(make_app(self.requests, always_click), host="127.0.0.1",
-                                port=port, log_level="warning")
+        config = uvicorn.Config(make_app(self.requests, reply), host="127.0.0.1",
+                                port=port, log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="fake-model")
 

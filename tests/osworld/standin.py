@@ -167,7 +167,8 @@ class StandInServer:
             self.port = int(sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            make_app(self.state), host="127.0.0.1", port=self.port, log_level="warning"
+            make_app(self.state), host="127.0.0.1", port=self.port, log_level="warning",
+            lifespan="off",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"standin-{name}")

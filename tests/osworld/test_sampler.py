@@ -122,3 +122,32 @@ def test_guide_example_with_the_cpu_engine(
         assert sorted(n["traj_id"] for n in task.state["notes"]) == [0, 1]
     assert sum(len(s.state.resets) for s in standin_envs) == 8
     assert sum(len(s.state.evaluations) for s in standin_envs) == 8
+
+
+def test_malformed_output_is_a_failed_step_and_ends_per_config(
+    config: AgentTrainingConfig, dbs: Databases, standin_envs: list[StandInServer],
+    tmp_path: Path,
+) -> None:
+    garbage = "I would like to click somewhere, maybe (100, 200"
+    model = FakeModelServer(reply=garbage).start()
+    try:
+        write_tasks(tmp_path / "tasks.jsonl", 1)
+        config.train_file = str(tmp_path / "tasks.jsonl")
+        config.osworld_env_urls = standin_envs[0].url
+        config.num_generations = 1
+        config.osworld_on_malformed_action = "end"
+        register_external_service(dbs.store, model.url, config.model_name)
+        with setup_osworld_envs(config, dbs):
+            SamplingScheduler(config=config, sampler_class=OSWorldStatefulSampler,
+                              dataset=OSworldDataset(config.train_file), split="train",
+                              timeout_s=120).run()
+    finally:
+        model.stop()
+    (record,) = dbs.store.find(Record, {})
+    assert record.meta["ended"] == "malformed" and record.score == 0.0
+    (step,) = record.meta["steps"]
+    assert step["raw"] == garbage and step["malformed"]
+    assert step["outcome"]["status"] == "failed" and "no code block" in step["outcome"]["error"]
+    assert standin_envs[0].state.execute_calls == 0  # nothing was executed
+    (call,) = dbs.store.find(DispatchedSamplingTask, {"record_id": record.id})
+    assert call.meta["osworld"]["action"].startswith("MALFORMED")

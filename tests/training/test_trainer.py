@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agentrl.configs import AgentTrainingConfig
-from agentrl.databases import Databases, Record, RecordStatus
+from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus
 from agentrl.training.checkpoint import COMPLETE_MARKER, latest_checkpoint
 from agentrl.training.datasets import DBRecordData, TrainTurn
 from agentrl.training.metrics import read_metrics
@@ -114,3 +114,20 @@ def test_stops_when_sampling_finished_and_nothing_left(
     assert trainer.train() == []
     assert dbs.global_step.get() == 0
     assert torch.is_grad_enabled()
+
+
+def test_misaligned_record_is_skipped_and_named(
+    config: AgentTrainingConfig, dbs: Databases, caplog: pytest.LogCaptureFixture
+) -> None:
+    trainer = Trainer(config, dbs, show_progress=False)
+    good, bad = store_group(dbs, trainer.tokenizer, "e-task", [1.0, 0.0])
+    dbs.store.collection(DispatchedSamplingTask).update_one(
+        {"record_id": bad.id}, {"$set": {"completion_token_ids": [42, 43], "logprobs": [-1, -1]}}
+    )
+    groups = trainer.claimer.claim(step=1, min_records=2)
+    assert [len(g.records) for g in groups] == [2]
+    with caplog.at_level("ERROR"):
+        batch = trainer.build_batch(groups)
+    assert batch.record_ids == [good.id]
+    assert trainer.skipped_records == 1
+    assert bad.id in caplog.text

@@ -117,7 +117,9 @@ class BridgeServer:
                 port = int(sock.getsockname()[1])
         advertised = socket.gethostbyname(socket.gethostname()) if host == "0.0.0.0" else host
         self.base_url = f"http://{advertised}:{port}"
-        config = uvicorn.Config(make_bridge_app(envs), host=host, port=port, log_level="warning")
+        config = uvicorn.Config(
+            make_bridge_app(envs), host=host, port=port, log_level="warning", lifespan="off"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="osworld-bridge")
 
