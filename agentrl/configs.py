@@ -227,6 +227,9 @@ class AgentTrainingConfig(BaseSettings):
     engine_batch_wait_s: float = Field(
         0.005, ge=0.0, description="Seconds the CPU engine waits for requests to join a batch."
     )
+    engine_num_threads: int = Field(
+        0, ge=0, description="torch threads of the CPU engine (0: half the CPU cores)."
+    )
     service_wait_timeout_s: float = Field(
         1800.0,
         gt=0,

@@ -11,8 +11,8 @@
 Flower shows both with their kwargs: the job's evaluation id, sampler, dataset, model and split;
 each trajectory's ``task_id``, ``traj_id``, ``epoch``, ``split``, ``sampler`` and ``model``.
 
-Workers import this module when it is listed in the Celery ``imports`` (config
-``sampler_modules=workers.evaluation`` until ``agentrl.celery_app.TASK_MODULES`` lists it).
+Every worker imports this module (it is in :data:`agentrl.celery_app.TASK_MODULES`); consume the
+``evaluation`` queue (``celery -A agentrl worker -Q sampling,evaluation``) to run evaluations.
 """
 
 from __future__ import annotations

@@ -33,10 +33,11 @@ def engine_serve(
     ),
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     max_batch_size: Annotated[int, typer.Option(help="Most sequences decoded together.")] = 64,
+    num_threads: Annotated[int, typer.Option(help="torch threads (0: half the cores).")] = 0,
 ) -> None:
     """Serve a model with the CPU engine (OpenAI API + SGLang control endpoints)."""
     serve(model=str(model or ""), port=port, host=host, served_model_name=served_model_name,
-          seed=seed, max_batch_size=max_batch_size)
+          seed=seed, max_batch_size=max_batch_size, num_threads=num_threads)
 
 
 @services_app.command("add", context_settings=CONFIG_FLAGS_CONTEXT, epilog=config_flags_help())

@@ -77,6 +77,7 @@ def build_cpu_engine_command(
         "--max-batch-size", str(config.engine_max_batch_size),
         "--batch-wait-s", str(config.engine_batch_wait_s),
         "--weight-version", weight_version,
+        "--num-threads", str(config.engine_num_threads),
     ]
 
 

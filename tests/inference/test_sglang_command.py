@@ -55,7 +55,7 @@ def test_cpu_engine_command() -> None:
     got = flags(cmd)
     assert got["--model"] == "/m" and got["--port"] == "31000" and got["--seed"] == "3"
     assert got["--max-batch-size"] == "8" and got["--served-model-name"] == "m"
-    assert got["--weight-version"] == "4"
+    assert got["--weight-version"] == "4" and got["--num-threads"] == "0"
 
 
 def test_ports_of_dp_groups_never_collide() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
+import torch
 import uvicorn
 
 from agentrl.inference.engine.app import EngineState, create_app
@@ -25,6 +27,7 @@ def serve(
     max_batch_size: int = 64,
     batch_wait_s: float = 0.005,
     weight_version: str = "0",
+    num_threads: int = 0,
 ) -> None:
     """Load ``model`` and serve it on ``host:port`` until SIGINT/SIGTERM.
 
@@ -37,10 +40,12 @@ def serve(
         max_batch_size: most sequences decoded together (rows).
         batch_wait_s: seconds the scheduler waits for requests to join a batch.
         weight_version: the version reported for the weights loaded at start.
+        num_threads: torch intra-op threads; 0 uses :func:`default_num_threads`.
 
     Raises:
         InferenceError: ``model`` is not a local directory.
     """
+    torch.set_num_threads(num_threads or default_num_threads())
     path = resolve_model_path(str(model))
     runner = ModelRunner(path, seed=seed)
     scheduler = BatchScheduler(runner, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
@@ -51,6 +56,12 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
         scheduler.shutdown()
+
+
+def default_num_threads() -> int:
+    """Half the CPU cores (at least 1): OpenMP threads that spin on cores shared with other
+    processes (workers, trainer) slow decoding down by an order of magnitude."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
     parser.add_argument("--weight-version", default="0")
+    parser.add_argument("--num-threads", type=int, default=0,
+                        help="torch threads (0: half the CPU cores)")
     return parser
 
 
@@ -75,5 +88,5 @@ def main(argv: list[str] | None = None) -> None:
         model=args.model, port=args.port, host=args.host,
         served_model_name=args.served_model_name, seed=args.seed,
         max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_s,
-        weight_version=args.weight_version,
+        weight_version=args.weight_version, num_threads=args.num_threads,
     )
