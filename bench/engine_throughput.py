@@ -29,6 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agentrl.inference.model_files import default_model_path
+from agentrl.inference.engine.server import default_num_threads
 from agentrl.inference.sglang import EngineClient
 
 QUESTIONS = [
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     args = parser.parse_args()
 
+    torch.set_num_threads(default_num_threads())  # the engine uses as many
     model_dir = default_model_path()
     port = free_port()
     log = Path(tempfile.mkdtemp()) / "engine.log"
