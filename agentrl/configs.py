@@ -281,6 +281,9 @@ class AgentTrainingConfig(BaseSettings):
     micro_batch_size: int = Field(
         4, ge=1, description="Sequences per forward/backward pass (gradient accumulation)."
     )
+    train_num_threads: int = Field(
+        0, ge=0, description="Torch CPU threads of the trainer (0: torch's default, all cores)."
+    )
     max_train_seq_len: int = Field(
         4096, ge=16, description="Longest training sequence in tokens; longer ones are truncated."
     )

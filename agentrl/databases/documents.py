@@ -21,9 +21,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from agentrl.errors import DuplicateModelError, UnknownModelError
 
@@ -34,6 +34,19 @@ TYPE_FIELD = "_type"
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as timezone-aware UTC; a naive value is taken to be UTC already.
+
+    Servers differ in what they give back: pymongo returns naive datetimes unless ``tz_aware``,
+    and nx-27017 returns a datetime written with ``$set`` as a string, which pydantic parses naive.
+    """
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
+"""A datetime field that always holds timezone-aware UTC."""
 
 
 def new_id() -> str:
@@ -102,8 +115,8 @@ class Document(BaseModel):
     collection_name: ClassVar[str] = ""
 
     id: str = Field(default_factory=new_id, alias="_id", description="Document id.")
-    created_at: datetime = Field(default_factory=utcnow, description="Creation time (UTC).")
-    updated_at: datetime = Field(default_factory=utcnow, description="Last update time (UTC).")
+    created_at: UTCDateTime = Field(default_factory=utcnow, description="Creation time (UTC).")
+    updated_at: UTCDateTime = Field(default_factory=utcnow, description="Last update time (UTC).")
 
     def to_mongo(self) -> dict[str, Any]:
         """The document as stored: ``_id``, ``_type`` and JSON-compatible fields."""
@@ -129,10 +142,6 @@ class Document(BaseModel):
         model = _REGISTRY.get(name)
         if model is None or not issubclass(model, cls):
             raise UnknownModelError(name, raw.get("_id"))
-        for key in ("created_at", "updated_at"):
-            value = raw.get(key)
-            if isinstance(value, datetime) and value.tzinfo is None:
-                raw[key] = value.replace(tzinfo=UTC)
         return model.model_validate(raw)  # type: ignore[return-value]
 
 
@@ -241,8 +250,8 @@ class DispatchedSamplingTask(Document):
     model: str | None = None
     weight_version: str | None = Field(None, description="Weights that answered the call.")
     created_at_step: int = Field(0, ge=0, description="Global step when the call was made.")
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    started_at: UTCDateTime | None = None
+    finished_at: UTCDateTime | None = None
     latency_s: float | None = Field(None, description="Wall time of the call in seconds.")
     error: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict, description="Observation refs, actions...")
@@ -264,7 +273,7 @@ class InferenceService(Document):
     kind: str = Field("cpu", description="sglang | cpu | external")
     status: ServiceStatus = ServiceStatus.DOWN
     running_req_count: int = Field(0, description="Requests routed to it and not yet finished.")
-    heartbeat_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: UTCDateTime = Field(default_factory=utcnow)
     weight_version: str = Field("0", description="Version of the weights it serves.")
     dp_rank: int = Field(0, ge=0)
     api_key: SecretStr | None = Field(None, description="Bearer key for external endpoints.")

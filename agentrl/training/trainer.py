@@ -111,6 +111,8 @@ class Trainer:
         self.sampling_finished = sampling_finished or (lambda: False)
         self.rank, self.world_size = init_distributed()
         self.device = device or default_device()
+        if self.device.type == "cpu" and config.train_num_threads > 0:
+            torch.set_num_threads(config.train_num_threads)
         self.root = checkpoint_root(config)
         resume_from = latest_checkpoint(self.root)
         model_dir = resume_from or resolve_model_path(config.model_name_or_path)

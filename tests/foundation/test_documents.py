@@ -89,3 +89,12 @@ def test_service_api_key_never_in_public_view(dbs: Databases) -> None:
     assert loaded.api_key is not None and loaded.api_key.get_secret_value() == "sk-secret"
     assert "sk-secret" not in repr(loaded)
     assert "api_key" not in loaded.public_view()
+
+
+def test_datetimes_written_by_update_load_back_utc_aware(dbs: Databases) -> None:
+    task = RFTTask(inputs=[], target="x")
+    dbs.store.insert(task)
+    assert dbs.store.update(Task, task.id, {"status": "running"})
+    loaded = dbs.store.get(Task, task.id)
+    assert loaded.updated_at.utcoffset() == UTC.utcoffset(None)
+    assert loaded.updated_at >= task.created_at
