@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -30,8 +31,6 @@ from pathlib import Path
 
 import httpx
 import redis
-import uvicorn
-from fastapi import FastAPI
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -44,21 +43,41 @@ GENERATIONS = 4
 
 
 def fake_server(port: int) -> None:
-    """Serve ``POST /<latency_ms>/v1/chat/completions`` answering after latency_ms."""
-    app = FastAPI()
+    """Serve ``POST /<latency_ms>/v1/chat/completions``, answering after latency_ms.
 
-    @app.post("/{latency_ms}/v1/chat/completions")
-    async def complete(latency_ms: int, body: dict) -> dict:
-        await asyncio.sleep(latency_ms / 1000)
-        return {
-            "id": uuid.uuid4().hex, "object": "chat.completion", "model": body.get("model"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "ok"}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }
+    A minimal HTTP/1.1 keep-alive server on asyncio streams (not a web framework), so the
+    server's own CPU cost stays small next to what is measured.
+    """
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096,
-                timeout_keep_alive=120)
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1]
+                length = next((int(h.split(":", 1)[1]) for h in lines[1:]
+                               if h.lower().startswith("content-length:")), 0)
+                if length:
+                    await reader.readexactly(length)
+                await asyncio.sleep(int(path.strip("/").split("/")[0]) / 1000)
+                body = json.dumps({
+                    "id": uuid.uuid4().hex, "object": "chat.completion", "model": "fake",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "ok"}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
 
 
 def aware(value: datetime) -> datetime:
@@ -174,6 +193,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="*", default=[64, 256])
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
     if args.serve:
         fake_server(args.serve)
         return

@@ -28,8 +28,8 @@ import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from agentrl.inference.model_files import default_model_path
 from agentrl.inference.engine.server import default_num_threads
+from agentrl.inference.model_files import default_model_path
 from agentrl.inference.sglang import EngineClient
 
 QUESTIONS = [

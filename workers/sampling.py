@@ -15,6 +15,8 @@ from typing import Any
 
 from celery import Celery, Task, shared_task
 from celery.signals import worker_shutdown
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from agentrl.celery_app import SAMPLE_TASK, app_config
 from agentrl.rollout.claims import Claim
@@ -51,8 +53,13 @@ def _close_all(**_: Any) -> None:
             runtime.close()
 
 
+TRANSIENT_ERRORS = (RedisError, PyMongoError)
+"""Infrastructure errors after which the message is sent again (Celery retry with backoff)."""
+
+
 @shared_task(
-    name=SAMPLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+    name=SAMPLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+    autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60, max_retries=20,
 )
 def sample(self: Task, **claim: Any) -> str:
     """Sample the trajectory the message names.

@@ -427,10 +427,10 @@ class InferenceManager:
         while not self._stopping.wait(interval):
             try:
                 with self._lock:
-                    if self._stopping.is_set() or self.process is None:
+                    if self._stopping.is_set():
                         return
-                    if self.process.poll() is not None:
-                        self._restart()
+                    if self.process is None or self.process.poll() is not None:
+                        self._restart()  # also retries a restart that failed
                     else:
                         self.dbs.store.collection(InferenceService).update_one(
                             {"name": self.service_name}, {"$set": {"heartbeat_at": utcnow()}}

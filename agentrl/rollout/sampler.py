@@ -68,6 +68,12 @@ logger = logging.getLogger(__name__)
 TASK_CACHE_SIZE = 4096
 """Tasks kept per process, so the ``num_generations`` trajectories of a group load it once."""
 
+REDIS_MAX_CONNECTIONS = 64
+"""Redis connections one worker process's event loop opens at most."""
+
+REDIS_POOL_TIMEOUT_S = 60.0
+"""Seconds a trajectory waits for a free Redis connection before failing."""
+
 STATEFUL_POLL_S = 0.2
 """Seconds between tries of a stateful task's lock."""
 
@@ -107,8 +113,13 @@ class SamplerContext:
         Call from inside the event loop that will use the context.
         """
         store = AsyncMongoStore(mongo_uri(config), config.db_name)
-        redis = aioredis.from_url(config.redis_url, decode_responses=True)
-        return cls(config, store, redis)
+        # a blocking pool waits for a free connection instead of raising when hundreds of
+        # trajectories touch Redis at once
+        pool = aioredis.BlockingConnectionPool.from_url(
+            config.redis_url, decode_responses=True, max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_POOL_TIMEOUT_S,
+        )
+        return cls(config, store, aioredis.Redis(connection_pool=pool))
 
     async def router(self) -> Router:
         """The shared :class:`~agentrl.inference.routing.Router` (created on first use)."""

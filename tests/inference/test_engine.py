@@ -10,6 +10,7 @@ import httpx
 import pytest
 import torch
 
+from agentrl.inference.engine.app import parse_tool_calls
 from tests.inference.conftest import forward_logprobs
 
 pytestmark = pytest.mark.slow
@@ -152,6 +153,29 @@ def test_update_weights_from_disk_changes_version_and_logprobs_then_restores(
                      json={"model_path": str(tmp_path / "missing")})
     assert bad.status_code == 400 and bad.json()["success"] is False
     assert httpx.get(f"{engine_url}/get_weight_version").json()["weight_version"] == "6"
+
+
+def test_tool_calls_are_parsed_from_hermes_blocks() -> None:
+    text = 'Sure.<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+    content, calls = parse_tool_calls(text)
+    assert content == "Sure."
+    assert [c["function"] for c in calls] == [{"name": "add", "arguments": '{"a": 1}'}]
+    assert parse_tool_calls("<tool_call>{not json}</tool_call>") == (
+        "<tool_call>{not json}</tool_call>", [])
+
+
+def test_weights_updated_while_released_are_served_after_resume(
+    engine_url: str, model_dir: Path
+) -> None:
+    assert httpx.post(f"{engine_url}/release_memory_occupation", json={}).status_code == 200
+    resp = httpx.post(f"{engine_url}/update_weights_from_disk", timeout=120,
+                      json={"model_path": str(model_dir), "weight_version": "9"})
+    assert resp.json()["success"] is True
+    assert httpx.post(f"{engine_url}/resume_memory_occupation", json={},
+                      timeout=120).status_code == 200
+    info = httpx.get(f"{engine_url}/get_model_info").json()
+    assert info["weight_version"] == "9" and info["weights_path"] == str(model_dir)
+    assert info["memory_released"] is False
 
 
 def test_release_holds_requests_until_resume_and_control_endpoints(engine_url: str) -> None:

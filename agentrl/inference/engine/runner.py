@@ -180,7 +180,7 @@ class ModelRunner:
 
     def _copy_weights(self, state: dict[str, torch.Tensor], path: str) -> None:
         if self.model is None:
-            raise WeightUpdateError(path, "the engine's memory is released; resume it first")
+            raise WeightUpdateError(path, "the engine's memory is released")
         params = dict(self.model.named_parameters(remove_duplicate=False))
         unknown = sorted(set(state) - set(params))
         if unknown:
@@ -201,6 +201,7 @@ class ModelRunner:
         """Load the safetensors weights of an HF directory into the model in place.
 
         The files are read outside :attr:`lock`; the copy happens between two decode steps.
+        While the memory is released, the directory is remembered and loaded by :meth:`resume`.
 
         Raises:
             WeightUpdateError: no safetensors, unknown/missing tensors, a shape mismatch, or the
@@ -209,8 +210,9 @@ class ModelRunner:
         path = str(path)
         state = self._read_state_dict(path)
         with self.lock:
-            self._copy_weights(state, path)
-            self.weights_path = path
+            if self.model is not None:
+                self._copy_weights(state, path)
+            self.weights_path = path  # while released: loaded by resume()
 
     # --- tokens --------------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """`BatchScheduler`: dynamic batching of concurrent requests onto one :class:`ModelRunner`.
 
-A worker thread takes the first waiting request, waits ``batch_wait_s`` for more to arrive (up to
-``max_batch_size`` rows) and decodes them as one padded batch with a KV cache; requests that
-arrive meanwhile form the next batch. So 16 concurrent requests cost about one forward pass per
-token instead of 16. Results go back to the asyncio loop of the HTTP server through futures.
+A worker thread takes the first waiting request, waits ``batch_wait_s`` for more to arrive (each
+arrival extends the wait, up to 10 windows; at most ``max_batch_size`` rows) and decodes them as
+one padded batch with a KV cache; requests that arrive meanwhile form the next batch. So 16
+concurrent requests cost about one forward pass per token instead of 16. Results go back to the
+asyncio loop of the HTTP server through futures.
 
 Control (the SGLang semantics the manager relies on):
 - ``pause(mode="in_place"|"retract")`` holds decoding between two steps until
@@ -24,6 +25,9 @@ from dataclasses import dataclass
 from agentrl.inference.engine.runner import GenerationRequest, ModelRunner
 
 log = logging.getLogger(__name__)
+
+MAX_WAIT_FACTOR = 10
+"""A batch waits at most this many ``batch_wait_s`` windows while requests keep arriving."""
 
 
 @dataclass
@@ -126,17 +130,20 @@ class BatchScheduler:
         except queue.Empty:
             return []
         jobs, rows = [first], len(first.rows)
-        deadline = time.monotonic() + self.batch_wait_s
+        now = time.monotonic()
+        deadline, cap = now + self.batch_wait_s, now + MAX_WAIT_FACTOR * self.batch_wait_s
         while rows < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
-                job = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else (
+                job = self._queue.get(timeout=remaining) if remaining > 0 else (
                     self._queue.get_nowait()
                 )
             except queue.Empty:
                 break
             jobs.append(job)
             rows += len(job.rows)
+            # a burst is still arriving: wait a little longer for the rest of it
+            deadline = min(time.monotonic() + self.batch_wait_s, cap)
         return jobs
 
     def _loop(self) -> None:
