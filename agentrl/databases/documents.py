@@ -18,6 +18,7 @@ Datetimes are timezone-aware UTC.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -273,7 +274,14 @@ class InferenceService(Document):
     kind: str = Field("cpu", description="sglang | cpu | external")
     status: ServiceStatus = ServiceStatus.DOWN
     running_req_count: int = Field(0, description="Requests routed to it and not yet finished.")
-    heartbeat_at: UTCDateTime = Field(default_factory=utcnow)
+    heartbeat_at: UTCDateTime = Field(default_factory=utcnow, description="Last heartbeat (UTC).")
+    heartbeat_ts: float = Field(
+        default_factory=time.time,
+        description=(
+            "Last heartbeat in unix seconds; routing compares this number, because a datetime "
+            "written with $set is not range-comparable on every MongoDB-wire server."
+        ),
+    )
     weight_version: str = Field("0", description="Version of the weights it serves.")
     dp_rank: int = Field(0, ge=0)
     api_key: SecretStr | None = Field(None, description="Bearer key for external endpoints.")

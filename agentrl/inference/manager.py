@@ -402,7 +402,14 @@ class InferenceManager:
         now = utcnow()
         self.dbs.store.collection(InferenceService).update_one(
             {"name": self.service_name},
-            {"$set": {"status": status.value, "heartbeat_at": now, "updated_at": now}},
+            {
+                "$set": {
+                    "status": status.value,
+                    "heartbeat_at": now,
+                    "heartbeat_ts": time.time(),
+                    "updated_at": now,
+                }
+            },
         )
 
     def _drain(self, timeout_s: float) -> bool:
@@ -433,7 +440,8 @@ class InferenceManager:
                         self._restart()  # also retries a restart that failed
                     else:
                         self.dbs.store.collection(InferenceService).update_one(
-                            {"name": self.service_name}, {"$set": {"heartbeat_at": utcnow()}}
+                            {"name": self.service_name},
+                            {"$set": {"heartbeat_at": utcnow(), "heartbeat_ts": time.time()}},
                         )
             except Exception:  # keep watching: a registry hiccup must not end the heartbeat
                 log.exception("engine watchdog of %s failed; retrying", self.service_name)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -120,12 +119,12 @@ class Router:
     # --- service choice ------------------------------------------------------------------------
 
     def _live_filter(self, model: str) -> dict[str, Any]:
-        cutoff = utcnow() - timedelta(seconds=self.config.service_heartbeat_ttl_s)
+        cutoff = time.time() - self.config.service_heartbeat_ttl_s
         # explicit $and: nx-27017 ignores the sibling fields of a top-level $or
         return {"$and": [
             {"status": ServiceStatus.UP.value},
             {"models": model},
-            {"$or": [{"kind": "external"}, {"heartbeat_at": {"$gte": cutoff}}]},
+            {"$or": [{"kind": "external"}, {"heartbeat_ts": {"$gte": cutoff}}]},
         ]}
 
     async def acquire(self, model: str) -> InferenceService:

@@ -4,6 +4,7 @@ retries, and one DispatchedSamplingTask per call."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -41,7 +42,8 @@ def add_service(dbs: Databases, stub: StubServer, sid: str, *, running: int = 0,
                 model: str = "SmolLM2-135M-Instruct", **fields: Any) -> InferenceService:
     service = InferenceService(
         name=sid, endpoint=stub.url(sid), models=[model], status=status,
-        running_req_count=running, heartbeat_at=utcnow() - timedelta(seconds=age_s), **fields,
+        running_req_count=running, heartbeat_at=utcnow() - timedelta(seconds=age_s),
+        heartbeat_ts=time.time() - age_s, **fields,
     )
     dbs.store.insert(service)
     return service
@@ -182,3 +184,27 @@ def test_external_service_gets_its_key_and_only_openai_params(
     assert body["temperature"] == 0.0 and "ignore_eos" not in body
     (task,) = dbs.store.find(DispatchedSamplingTask)
     assert "sk-secret-123" not in str(task.to_mongo())
+
+
+def test_heartbeat_written_with_set_revives_a_stale_service(
+    config: AgentTrainingConfig, dbs: Databases, stub: StubServer
+) -> None:
+    config.service_heartbeat_ttl_s = 30.0
+    config.service_wait_timeout_s = 1.0
+    service = add_service(dbs, stub, "revived", age_s=300)
+    record = Record(task_id="task-hb", traj_id=0, epoch=1)
+
+    async def call(router: Router) -> dict[str, Any]:
+        return await router.create_chat_completion(MESSAGES, record=record, turn=0)
+
+    with pytest.raises(NoServiceAvailableError):
+        asyncio.run(with_router(config, dbs, call))
+    # The manager's heartbeat is a $set; on nx-27017 a $set datetime is stored as a string, so
+    # routing must compare the numeric heartbeat_ts.
+    dbs.store.collection(InferenceService).update_one(
+        {"_id": service.id}, {"$set": {"heartbeat_at": utcnow(), "heartbeat_ts": time.time()}}
+    )
+    stub.counts.clear()
+    response = asyncio.run(with_router(config, dbs, call))
+    assert response["choices"][0]["token_ids"] == [11, 12, 13]
+    assert dict(stub.counts) == {"revived": 1}
