@@ -28,6 +28,7 @@ One sampling job, from ``push_epoch`` to a READY Record:
 """
 
 from agentrl.celery_app import app
+from agentrl.evaluation import evaluate
 from agentrl.rollout.claims import Claim
 from agentrl.rollout.epochs import push_epoch
 from agentrl.rollout.registry import get_sampler, register_sampler
@@ -40,6 +41,7 @@ __all__ = [
     "SamplingScheduler",
     "StatefulSampler",
     "app",
+    "evaluate",
     "get_sampler",
     "push_epoch",
     "register_sampler",

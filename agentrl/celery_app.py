@@ -43,7 +43,13 @@ HOUSEKEEPING_TASK = "agentrl.housekeeping"
 """Name of the job re-sending claims whose lease expired."""
 SAMPLING_QUEUE = "sampling"
 EVALUATION_QUEUE = "evaluation"
-TASK_MODULES = ["workers.sampling", "workers.evaluation", "beat.schedule", "agentrl.rollout.math"]
+TASK_MODULES = [
+    "workers.sampling",
+    "workers.evaluation",
+    "beat.schedule",
+    "agentrl.rollout.math",
+    "agentrl.rollout.osworld",
+]
 """Modules every worker and beat import (they register the jobs and the built-in samplers)."""
 
 
