@@ -51,11 +51,15 @@ def _fmt(value: float | None) -> str:
 
 
 def steps_table(summary: dict[str, Any]) -> Table:
-    """Per-step reward, correct / well-formed rates, clip fraction and staleness of a run."""
+    """Per-step reward, correct / well-formed rates (of newly finished and of trained records),
+    clip fraction and staleness of a run."""
     table = Table(title="per step")
     columns = (
         ("step", None), ("reward", "reward_per_step"), ("correct", "correct_rate_per_step"),
-        ("well-formed", "well_formed_rate_per_step"), ("clip", "clip_fraction_per_step"),
+        ("well-formed", "well_formed_rate_per_step"),
+        ("batch correct", "batch_correct_rate_per_step"),
+        ("batch well-formed", "batch_well_formed_rate_per_step"),
+        ("clip", "clip_fraction_per_step"),
         ("staleness", "staleness_per_step"),
     )
     for name, _ in columns:

@@ -42,6 +42,10 @@ def write_summary(
 ) -> Path:
     """Write ``summary.json``: steps, per-step reward and rates, records, tokens, wall time.
 
+    Per step: ``reward_per_step`` (mean score of the trained records), ``correct_rate_per_step``
+    and ``well_formed_rate_per_step`` over the records that finished sampling since the previous
+    step (``null`` when none did), and ``batch_*`` rates over the trained records.
+
     Args:
         run_dir: ``runs/<name>``.
         steps: the per-step metrics (from the metrics JSONL), in step order.
@@ -57,6 +61,10 @@ def write_summary(
         "reward_per_step": [_finite(s.get(M.REWARD_MEAN)) for s in steps],
         "correct_rate_per_step": [_finite(s.get(M.ROLLOUT_CORRECT_RATE)) for s in steps],
         "well_formed_rate_per_step": [_finite(s.get(M.ROLLOUT_WELL_FORMED_RATE)) for s in steps],
+        "batch_correct_rate_per_step": [_finite(s.get(M.REWARD_CORRECT_RATE)) for s in steps],
+        "batch_well_formed_rate_per_step": [
+            _finite(s.get(M.REWARD_WELL_FORMED_RATE)) for s in steps
+        ],
         "clip_fraction_per_step": [_finite(s.get(M.CLIP_REGION)) for s in steps],
         "staleness_per_step": [_finite(s.get(M.STALENESS_MEAN)) for s in steps],
         "records_per_status": records_per_status(dbs),

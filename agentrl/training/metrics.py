@@ -20,6 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 REWARD_MEAN = "reward/mean"
 REWARD_STD = "reward/std"
+REWARD_CORRECT_RATE = "reward/correct_rate"
+REWARD_WELL_FORMED_RATE = "reward/well_formed_rate"
 ROLLOUT_CORRECT_RATE = "rollout/correct_rate"
 ROLLOUT_WELL_FORMED_RATE = "rollout/well_formed_rate"
 ROLLOUT_FINISHED = "rollout/finished"

@@ -1,7 +1,8 @@
 """Taking READY records for training: whole groups, atomically, with their advantages.
 
 A group is the READY Records of one ``(task_id, epoch)`` of the train split. The trainer asks
-:meth:`RecordClaimer.claim` for at least ``train_batch_size`` records; groups come oldest first.
+:meth:`RecordClaimer.claim` for at least ``train_batch_size`` records; groups sampled with the
+newest weights come first (least off-policy), older ones when nothing fresher is waiting.
 A record is *claimable* while ``trained_count < max_trained_count``; claiming one is a single
 conditional update (``$inc trained_count``, ``$set last_trained_step, advantage``) that only
 matches while it is still claimable, so two trainers never take the same use of a record.
@@ -69,7 +70,7 @@ class RecordClaimer:
         self.records = dbs.store.collection(Record)
 
     def _claimable(self) -> dict[tuple[str, int], list[dict]]:
-        """Claimable READY records grouped by ``(task_id, epoch)``, oldest group first."""
+        """Claimable READY records grouped by ``(task_id, epoch)``, freshest group first."""
         cursor = self.records.find(
             {
                 "split": self.split,
@@ -77,7 +78,7 @@ class RecordClaimer:
                 "trained_count": {"$lt": self.config.max_trained_count},
             },
             _FIELDS,
-        ).sort([("created_at_step", 1), ("task_id", 1), ("epoch", 1)])
+        ).sort([("created_at_step", -1), ("task_id", 1), ("epoch", 1)])
         groups: dict[tuple[str, int], list[dict]] = {}
         for raw in cursor:
             groups.setdefault((raw["task_id"], raw["epoch"]), []).append(raw)
@@ -123,7 +124,7 @@ class RecordClaimer:
         return Record.from_mongo(raw) if raw is not None else None
 
     def claim(self, step: int, min_records: int) -> list[ClaimedGroup]:
-        """Claim whole groups, oldest first, until at least ``min_records`` records are taken.
+        """Claim whole groups, freshest first, until at least ``min_records`` records are taken.
 
         Args:
             step: the global step the batch will produce (stored as ``last_trained_step``).

@@ -270,6 +270,8 @@ class Trainer:
         metrics.update(self._rollout_metrics(groups))
         metrics[M.REWARD_MEAN] = sum(scores) / len(scores)
         metrics[M.REWARD_STD] = float(torch.tensor(scores).std(unbiased=False).item())
+        metrics[M.REWARD_CORRECT_RATE] = sum(x >= 1.0 for x in scores) / len(scores)
+        metrics[M.REWARD_WELL_FORMED_RATE] = sum(x > 0.0 for x in scores) / len(scores)
         metrics[M.ADVANTAGE_ABS_MEAN] = sum(abs(r.advantage or 0.0) for r in records) / len(records)
         metrics[M.TRAIN_RECORDS] = float(len(records))
         metrics[M.TRAIN_GROUPS] = float(len(groups))

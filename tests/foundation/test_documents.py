@@ -19,20 +19,20 @@ from agentrl.errors import DocumentNotFoundError, DuplicateModelError, UnknownMo
 
 
 @register_new_model
-class RFTTask(Task):
-    """The AgentRL guide's custom task."""
+class QATask(Task):
+    """A custom task in the style of the AgentRL guide (its RFTTask lives in tests/jobs)."""
 
     inputs: list[dict]
     target: str
 
 
 def test_registered_subclass_round_trips_with_its_type_and_fields(dbs: Databases) -> None:
-    task = RFTTask(inputs=[{"role": "user", "content": "2+2?"}], target="4", split="train", epoch=1)
+    task = QATask(inputs=[{"role": "user", "content": "2+2?"}], target="4", split="train", epoch=1)
     assert dbs.store.insert(task)
     raw = dbs.store.collection(Task).find_one({"_id": task.id})
-    assert raw["_type"] == "RFTTask"
+    assert raw["_type"] == "QATask"
     loaded = dbs.store.get(Task, task.id)
-    assert type(loaded) is RFTTask
+    assert type(loaded) is QATask
     assert loaded.inputs == [{"role": "user", "content": "2+2?"}]
     assert loaded.target == "4"
     assert loaded.epoch == 1
@@ -41,7 +41,7 @@ def test_registered_subclass_round_trips_with_its_type_and_fields(dbs: Databases
 
 
 def test_subclass_fields_are_validated_on_load(dbs: Databases) -> None:
-    task = RFTTask(inputs=[], target="x")
+    task = QATask(inputs=[], target="x")
     dbs.store.insert(task)
     dbs.store.collection(Task).update_one({"_id": task.id}, {"$set": {"target": ["not", "str"]}})
     with pytest.raises(ValidationError, match="target"):
@@ -61,10 +61,10 @@ def test_same_record_identity_twice_makes_one_document(dbs: Databases) -> None:
 
 
 def test_registering_a_name_twice_raises() -> None:
-    with pytest.raises(DuplicateModelError, match="RFTTask"):
+    with pytest.raises(DuplicateModelError, match="QATask"):
 
         @register_new_model
-        class RFTTask(Task):  # noqa: F811 — the clash is the point
+        class QATask(Task):  # noqa: F811 — the clash is the point
             other: int = 0
 
 
@@ -92,7 +92,7 @@ def test_service_api_key_never_in_public_view(dbs: Databases) -> None:
 
 
 def test_datetimes_written_by_update_load_back_utc_aware(dbs: Databases) -> None:
-    task = RFTTask(inputs=[], target="x")
+    task = QATask(inputs=[], target="x")
     dbs.store.insert(task)
     assert dbs.store.update(Task, task.id, {"status": "running"})
     loaded = dbs.store.get(Task, task.id)
