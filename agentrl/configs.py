@@ -142,6 +142,9 @@ class AgentTrainingConfig(BaseSettings):
     format_reward: float = Field(
         0.2, ge=0.0, le=1.0, description="Score of a well-formed but wrong answer (math)."
     )
+    math_demonstration: bool = Field(
+        True, description="Show the math sampler's one worked example before each question."
+    )
 
     # --- osworld ---------------------------------------------------------------------------------
     osworld_env_urls: str = Field(

@@ -47,5 +47,16 @@ def test_math_sampler_with_cpu_engine(config: AgentTrainingConfig, dbs: Database
         assert call.status == DispatchStatus.COMPLETED and call.turn == 0
         assert 0 < len(call.completion_token_ids) == len(call.logprobs) <= 24
         assert all(lp <= 0.0 for lp in call.logprobs)
-        assert call.request["messages"][1]["content"] == dataset[
+        assert call.request["messages"][-1]["content"] == dataset[
             next(t.index for t in tasks if t.id == call.task_id)].question
+
+
+def test_prompt_shows_the_worked_example_unless_turned_off(config: AgentTrainingConfig) -> None:
+    sampler = MathSampler(config)
+    sampler.task = MathTask(question="What is 6 * 7?", answer="42")
+    with_demo = sampler.messages()
+    assert [m["role"] for m in with_demo] == ["system", "user", "assistant", "user"]
+    assert "\\boxed{7}" in with_demo[2]["content"]
+    assert with_demo[-1] == {"role": "user", "content": "What is 6 * 7?"}
+    config.math_demonstration = False
+    assert [m["role"] for m in sampler.messages()] == ["system", "user"]
