@@ -3,8 +3,13 @@ assembled here."""
 
 from __future__ import annotations
 
-import typer
+import sys
 
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from agentrl.errors import AgentRLError
 from agentrl.driver.cli import RUN_COMMAND, run
 from agentrl.inference.cli import engine_app, services_app
 from agentrl.ops_cli import EVAL_COMMAND, STATUS_COMMAND, eval_command, status
@@ -29,5 +34,13 @@ app.command(**EVAL_COMMAND)(eval_command)
 
 
 def main() -> None:
-    """Entry point of the ``agentrl`` console script."""
-    app()
+    """Entry point of the ``agentrl`` console script.
+
+    An :class:`~agentrl.errors.AgentRLError` (bad config, unreachable service, bad dataset line)
+    is printed as one message, without a traceback, and exits with status 2.
+    """
+    try:
+        app()
+    except AgentRLError as exc:
+        Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(exc)))
+        sys.exit(2)

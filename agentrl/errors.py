@@ -39,7 +39,8 @@ class ConfigError(AgentRLError):
     ) -> None:
         self.key, self.value, self.reason, self.file, self.line = key, value, reason, file, line
         where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
-        super().__init__(f"{where}config key {key!r} = {value!r}: {reason}")
+        what = f"config key {key!r} = {value!r}: " if key else ""
+        super().__init__(f"{where}{what}{reason}")
 
 
 # --- databases -----------------------------------------------------------------------------------
