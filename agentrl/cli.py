@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from agentrl.errors import AgentRLError
 from agentrl.driver.cli import RUN_COMMAND, run
+from agentrl.errors import AgentRLError
 from agentrl.inference.cli import engine_app, services_app
 from agentrl.ops_cli import EVAL_COMMAND, STATUS_COMMAND, eval_command, status
 from agentrl.rollout.osworld.cli import osworld_app
@@ -42,5 +42,6 @@ def main() -> None:
     try:
         app()
     except AgentRLError as exc:
-        Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(exc)))
+        message = Text("error: ", style="bold red") + Text(str(exc))
+        Console(stderr=True, soft_wrap=True).print(message)
         sys.exit(2)
