@@ -140,6 +140,10 @@ class Trainer:
         self.resumed_step: int | None = None
         if resume_from is not None:
             self._resume(resume_from)
+        elif self.rank == 0:
+            # no checkpoint: the policy is the base model, so the step count starts again (a
+            # counter left in Redis by an earlier run of the same key_prefix must not carry over)
+            self.dbs.global_step.set(0)
         self.is_main = self.rank == 0
         self.logger = MetricsLogger(
             self.metrics_path, config.max_steps or None, show_progress and self.is_main

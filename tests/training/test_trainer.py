@@ -110,7 +110,9 @@ def test_loop_claims_publishes_checkpoints_and_resumes(
 def test_stops_when_sampling_finished_and_nothing_left(
     config: AgentTrainingConfig, dbs: Databases
 ) -> None:
+    dbs.global_step.set(8)  # left by an earlier run of the same key_prefix, no checkpoint
     trainer = Trainer(config, dbs, sampling_finished=lambda: True, show_progress=False)
+    assert dbs.global_step.get() == 0  # the base model is step 0
     assert trainer.train() == []
     assert dbs.global_step.get() == 0
     assert torch.is_grad_enabled()
