@@ -33,6 +33,8 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config
 
 def status(
     ctx: typer.Context,
+    config_file: Annotated[Path | None, typer.Argument(
+        help="YAML config file of the run (same as --config).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False,
     workers: Annotated[bool, typer.Option(
         help="Ask the workers (Celery inspect); --no-workers skips it.")] = True,
@@ -42,7 +44,7 @@ def status(
 ) -> None:
     """Queues, workers, inference services, tasks and records per split and epoch, the global
     step and the staleness of READY records (API keys are never shown)."""
-    cfg = load_config(config, **parse_config_flags(ctx.args))
+    cfg = load_config(config or config_file, **parse_config_flags(ctx.args))
     dbs = init_databases(cfg)
     try:
         snapshot = collect_status(dbs, make_app(cfg), inspect_timeout_s, with_workers=workers)

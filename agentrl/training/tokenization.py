@@ -193,10 +193,15 @@ def tokenize_sample(sample: DBRecordData, tokenizer: Any, max_len: int = 4096) -
             body = ids[:-1] if ids[-1] == eos_id else ids
             sampled = tokenizer.decode(body, skip_special_tokens=False)
             if sampled != content and _norm(sampled) != _norm(content):
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(sampled, content, strict=False)) if a != b),
+                    min(len(sampled), len(content)),
+                )
                 raise AlignmentError(
                     sample.record_id,
-                    f"turn {k} (dispatch {turn.dispatch_id}): sampled tokens decode to "
-                    f"{sampled[:80]!r} but the message renders as {content[:80]!r}",
+                    f"turn {k} (dispatch {turn.dispatch_id}): sampled tokens decode to text "
+                    f"that differs from the rendered message at character {at}: "
+                    f"{sampled[max(0, at - 20):at + 40]!r} vs {content[max(0, at - 20):at + 40]!r}",
                 )
             out.extend(ids, trained=True, logprobs=turn.logprobs or None, turn=turn)
             covered = prompt + content + (eos_text if ids[-1] == eos_id else "")
