@@ -5,7 +5,7 @@ whose lease expired.
 its configuration with :func:`agentrl.configs.load_config` (YAML from ``$AGENTRL_CONFIG`` plus
 ``AGENTRL_*`` variables) the first time it is used. Settings (see :func:`celery_settings`):
 
-- JSON only (``task_serializer``/``accept_content``), never pickle;
+- JSON only (``task_serializer`` and ``accept_content`` name JSON alone);
 - ``task_acks_late`` + ``task_reject_on_worker_lost``, prefetch multiplier 1;
 - the Redis visibility timeout from ``visibility_timeout_s`` (recovery of a dead worker's
   trajectories does not wait for it: see :mod:`agentrl.rollout.leases`);
