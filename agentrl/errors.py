@@ -392,6 +392,27 @@ class CheckpointError(TrainingError):
         super().__init__(f"checkpoint {path}: {reason}")
 
 
+class OrphanedRunStateError(CheckpointError):
+    """Raised when a run has no checkpoint but its database holds records an earlier run trained.
+
+    Starting again from the base model would mix that run's data and step count into this one.
+
+    Attributes:
+        path: the checkpoint directory that holds nothing.
+        db_name: the MongoDB database with the earlier run's records.
+        trained_records: how many records were already trained on.
+    """
+
+    def __init__(self, path: str, db_name: str, trained_records: int) -> None:
+        self.db_name, self.trained_records = db_name, trained_records
+        super().__init__(
+            path,
+            f"no checkpoint, but database {db_name!r} holds {trained_records} record(s) trained "
+            "by an earlier run of this name: start over with `agentrl run CONFIG --fresh` (or "
+            "another name/db_name/key_prefix), or put the earlier run's checkpoints back",
+        )
+
+
 class ChildProcessFailedError(TrainingError):
     """Raised when a child process of ``agentrl run`` (engine, worker, beat) exits early.
 

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from agentrl.configs import AgentTrainingConfig
-from agentrl.databases import Databases
-from agentrl.errors import AlignmentError, TrainingError
+from agentrl.databases import Databases, Record
+from agentrl.errors import AlignmentError, OrphanedRunStateError, TrainingError
 from agentrl.inference.model_files import resolve_model_path
 from agentrl.training import metrics as M
 from agentrl.training.checkpoint import (
@@ -143,6 +143,9 @@ class Trainer:
         elif self.rank == 0:
             # no checkpoint: the policy is the base model, so the step count starts again (a
             # counter left in Redis by an earlier run of the same key_prefix must not carry over)
+            trained = dbs.store.collection(Record).count_documents({"trained_count": {"$gt": 0}})
+            if trained:
+                raise OrphanedRunStateError(str(self.root), config.db_name, trained)
             self.dbs.global_step.set(0)
         self.is_main = self.rank == 0
         self.logger = MetricsLogger(

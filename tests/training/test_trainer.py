@@ -9,6 +9,7 @@ import torch
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus
+from agentrl.errors import OrphanedRunStateError
 from agentrl.training.checkpoint import COMPLETE_MARKER, latest_checkpoint
 from agentrl.training.datasets import DBRecordData, TrainTurn
 from agentrl.training.metrics import read_metrics
@@ -133,3 +134,12 @@ def test_misaligned_record_is_skipped_and_named(
     assert batch.record_ids == [good.id]
     assert trainer.skipped_records == 1
     assert bad.id in caplog.text
+
+
+def test_refuses_to_restart_from_base_over_an_earlier_runs_trained_records(
+    config: AgentTrainingConfig, dbs: Databases
+) -> None:
+    dbs.store.insert(Record(task_id="t-old", traj_id=0, epoch=1, trained_count=1))
+    with pytest.raises(OrphanedRunStateError, match="--fresh") as info:
+        Trainer(config, dbs, show_progress=False)
+    assert info.value.trained_records == 1 and info.value.db_name == config.db_name
