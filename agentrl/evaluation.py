@@ -255,11 +255,8 @@ def evaluate(
     if app is None:
         app = default_app if config is None else make_app(config)
     if service_url:
-        dbs = init_databases(config or app_config(app))
-        try:
+        with init_databases(config or app_config(app)) as dbs:
             register_external_service(dbs.store, service_url, model, api_key)
-        finally:
-            dbs.close()
     spec = EvaluationSpec(
         evaluation_id=evaluation_id, sampler=sampler, dataset=str(Path(dataset).resolve()),
         model=model, split=split, num_samples=num_samples, limit=limit, max_wait_s=max_wait_s,

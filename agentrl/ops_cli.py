@@ -21,7 +21,6 @@ from agentrl.celery_app import make_app
 from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_config_flags
 from agentrl.configs import load_config
 from agentrl.databases import init_databases
-from agentrl.errors import AgentRLError
 from agentrl.evaluation import evaluate, evaluation_progress
 from agentrl.status import INSPECT_TIMEOUT_S, collect_status, render_status
 
@@ -45,11 +44,8 @@ def status(
     """Queues, workers, inference services, tasks and records per split and epoch, the global
     step and the staleness of READY records (API keys are never shown)."""
     cfg = load_config(config or config_file, **parse_config_flags(ctx.args))
-    dbs = init_databases(cfg)
-    try:
+    with init_databases(cfg) as dbs:
         snapshot = collect_status(dbs, make_app(cfg), inspect_timeout_s, with_workers=workers)
-    finally:
-        dbs.close()
     if as_json:
         typer.echo(json.dumps(snapshot, default=str))
     else:
@@ -80,8 +76,7 @@ def eval_command(
     """Evaluate a dataset on the workers (the `evaluation` queue) and print the summary."""
     cfg = load_config(config, **parse_config_flags(ctx.args))
     console = Console(stderr=True)
-    dbs = init_databases(cfg)
-    try:
+    with init_databases(cfg) as dbs:
         result = evaluate(
             sampler or cfg.sampler, dataset, model, split, num_samples, service_url=service_url,
             api_key=api_key, limit=limit, max_wait_s=timeout_s, config=cfg,
@@ -97,11 +92,6 @@ def eval_command(
                 time.sleep(PROGRESS_POLL_S)
             summary = result.get(timeout=max(1.0, deadline - time.monotonic()))
             progress.update(bar, completed=summary["count"], total=summary["expected"])
-    except AgentRLError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    finally:
-        dbs.close()
     if as_json:
         typer.echo(json.dumps(summary, default=str))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import TracebackType
 
 import redis
 
@@ -42,7 +43,7 @@ def mongo_uri(config: AgentTrainingConfig) -> str:
 
 @dataclass
 class Databases:
-    """The connections of one process.
+    """The connections of one process; ``with init_databases(config) as dbs:`` closes them.
 
     Attributes:
         config: the configuration they were opened with.
@@ -75,6 +76,17 @@ class Databases:
         """Close the MongoDB and Redis connections."""
         self.store.close()
         self.redis.close()
+
+    def __enter__(self) -> Databases:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def init_databases(config: AgentTrainingConfig) -> Databases:

@@ -52,12 +52,9 @@ def services_add(
 ) -> None:
     """Register an external OpenAI-compatible endpoint as an UP inference service."""
     cfg = load_config(config, **parse_config_flags(ctx.args))
-    dbs = init_databases(cfg)
-    try:
+    with init_databases(cfg) as dbs:
         service = register_external_service(dbs.store, url, model, api_key)
-        typer.echo(json.dumps(service.public_view(), default=str))
-    finally:
-        dbs.close()
+    typer.echo(json.dumps(service.public_view(), default=str))
 
 
 @services_app.command("list", context_settings=CONFIG_FLAGS_CONTEXT, epilog=config_flags_help())
@@ -68,11 +65,8 @@ def services_list(
 ) -> None:
     """List registered inference services (API keys are never shown)."""
     cfg = load_config(config, **parse_config_flags(ctx.args))
-    dbs = init_databases(cfg)
-    try:
+    with init_databases(cfg) as dbs:
         services = list_services(dbs.store)
-    finally:
-        dbs.close()
     if as_json:
         for service in services:
             typer.echo(json.dumps(service, default=str))

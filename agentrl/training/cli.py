@@ -33,8 +33,7 @@ def train(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_config(config_file, **parse_config_flags(ctx.args))
-    dbs = init_databases(config)
-    try:
+    with init_databases(config) as dbs:
         if serve:
             with InferenceManager(config, dbs) as manager:
                 publish = ManagerWeightPublisher([manager], dbs)
@@ -47,8 +46,6 @@ def train(
                 config, dbs, no_publish,
                 sampling_finished=lambda: split_done(dbs, "train"), show_progress=progress,
             ).train()
-    finally:
-        dbs.close()
 
 
 TRAIN_COMMAND = {

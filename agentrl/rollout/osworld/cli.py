@@ -37,11 +37,8 @@ def envs_list(
 ) -> None:
     """List registered environments with their lease (owner, seconds left)."""
     cfg = load_config(config, **parse_config_flags(ctx.args))
-    dbs = init_databases(cfg)
-    try:
+    with init_databases(cfg) as dbs:
         envs = list(dbs.store.collection(Environment).find({}).sort("name", 1))
-    finally:
-        dbs.close()
     if as_json:
         for raw in envs:
             typer.echo(json.dumps(raw, default=str))
