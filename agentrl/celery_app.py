@@ -6,15 +6,17 @@ its configuration with :func:`agentrl.configs.load_config` (YAML from ``$AGENTRL
 ``AGENTRL_*`` variables) the first time it is used. Settings (see :func:`celery_settings`):
 
 - JSON only (``task_serializer`` and ``accept_content`` name JSON alone);
-- ``task_acks_late`` + ``task_reject_on_worker_lost``, prefetch multiplier 1;
-- the Redis visibility timeout from ``visibility_timeout_s`` (recovery of a dead worker's
-  trajectories does not wait for it: see :mod:`agentrl.rollout.leases`);
+- ``task_acks_late`` + ``task_reject_on_worker_lost``, prefetch multiplier 1: a sampling message
+  is acknowledged once its trajectory is leased (the ledger, :mod:`agentrl.rollout.ledger`, owns
+  it from then on), so the Redis visibility timeout (``visibility_timeout_s``) only matters for
+  a worker that died holding a message it had not handed over yet;
 - queues ``sampling`` and ``evaluation``; every Redis key of the broker and the result backend
   starts with ``<key_prefix>:`` (kombu's ``global_keyprefix``), so runs never share queues;
 - task events on (Flower shows the running sampling jobs);
-- the ``threads`` pool with ``max_concurrent_samples_per_process`` threads: each thread hands its
-  trajectory to the process's one asyncio event loop (:mod:`workers.runtime`) and waits, so one
-  worker process keeps that many trajectories in flight;
+- the ``threads`` pool with :data:`HANDOFF_THREADS` threads: each hands a trajectory to the
+  process's one asyncio event loop (:mod:`agentrl.rollout.runtime`) and returns, so one worker
+  process keeps up to ``max_concurrent_samples_per_process`` trajectories in flight as
+  coroutines (``-P prefork -c N`` runs one such loop per child process);
 - beat's schedule: ``push_epoch(split)`` every ``beat_interval_s`` and housekeeping every
   ``housekeeping_interval_s``, run inside the beat process (:mod:`beat.schedule`).
 
@@ -26,7 +28,7 @@ Start from Python or a subprocess::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -43,6 +45,8 @@ HOUSEKEEPING_TASK = "agentrl.housekeeping"
 """Name of the job re-sending claims whose lease expired."""
 SAMPLING_QUEUE = "sampling"
 EVALUATION_QUEUE = "evaluation"
+HANDOFF_THREADS = 4
+"""Threads of the default pool: they only hand trajectories over, so a few are enough."""
 TASK_MODULES = [
     "workers.sampling",
     "workers.evaluation",
@@ -92,7 +96,7 @@ def celery_settings(config: AgentTrainingConfig) -> dict[str, Any]:
         "task_track_started": True,
         "worker_prefetch_multiplier": 1,
         "worker_pool": "threads",
-        "worker_concurrency": config.max_concurrent_samples_per_process,
+        "worker_concurrency": HANDOFF_THREADS,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
@@ -145,6 +149,8 @@ def queue_for(split: str) -> str:
 def enqueue_claims(app: Celery, claims: Iterable[Claim]) -> int:
     """Send one sampling message per claim over one broker connection.
 
+    Nobody reads a sampling job's result, so none is asked for (no result channel subscribed).
+
     Returns:
         The number of messages sent.
     """
@@ -153,10 +159,26 @@ def enqueue_claims(app: Celery, claims: Iterable[Claim]) -> int:
         for claim in claims:
             app.send_task(
                 SAMPLE_TASK, kwargs=claim.to_json(), queue=queue_for(claim.split),
-                producer=producer,
+                producer=producer, ignore_result=True,
             )
             sent += 1
     return sent
+
+
+def requested_pool(argv: Sequence[str]) -> str | None:
+    """The pool a ``celery worker`` command line asks for (``-P x``, ``-Px``, ``--pool[=]x``).
+
+    Celery's CLI cannot tell an explicit ``-P prefork`` from its default, so the worker reads
+    its own command line to honour it.
+    """
+    for i, arg in enumerate(argv):
+        if arg in ("-P", "--pool") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--pool="):
+            return arg.split("=", 1)[1]
+        if arg.startswith("-P") and len(arg) > 2:
+            return arg[2:]
+    return None
 
 
 app = make_app()

@@ -82,9 +82,12 @@ class AgentTrainingConfig(BaseSettings):
     result_backend: str = Field("", description="Celery result backend; empty uses redis_url.")
     key_prefix: str = Field("agentrl", description="Prefix of every Redis key and queue name.")
     visibility_timeout_s: int = Field(
-        7200,
+        600,
         ge=1,
-        description="Redis broker visibility timeout in seconds (longer than any trajectory).",
+        description=(
+            "Redis broker visibility timeout in seconds: a message taken by a worker that died "
+            "before handing it to a trajectory lease comes back after this long."
+        ),
     )
     lease_ttl_s: float = Field(
         60.0, gt=0, description="Seconds a trajectory lease lives without a heartbeat."
@@ -128,7 +131,10 @@ class AgentTrainingConfig(BaseSettings):
         64, ge=1, description="Running requests allowed per inference service."
     )
     max_concurrent_samples_per_process: int = Field(
-        64, ge=1, description="Trajectories one sampling worker process runs at once."
+        64,
+        ge=1,
+        description="Trajectories one sampling worker process runs at once (coroutines on its "
+        "event loop, not threads).",
     )
     sync_sampling: bool = Field(
         False, description="Sample the next epoch only after the trainer consumed this one."
@@ -197,7 +203,47 @@ class AgentTrainingConfig(BaseSettings):
         10.0, gt=0, description="Seconds between re-enqueues of trajectories whose lease expired."
     )
     max_sample_attempts: int = Field(
-        3, ge=1, description="Times a failing trajectory is started before it is scored 0."
+        3,
+        ge=1,
+        description=(
+            "Attempts of a trajectory (its starts, worker deaths included; infrastructure "
+            "failures it reported are not charged) before it is FAILED and leaves its group."
+        ),
+    )
+    max_infrastructure_retries: int = Field(
+        20, ge=0, description="Further attempts after infrastructure failures before FAILED."
+    )
+    infrastructure_retry_backoff_s: float = Field(
+        5.0,
+        gt=0,
+        description="Wait before retrying after an infrastructure failure (doubles, max 300 s).",
+    )
+    mongo_outage_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds a sampler's MongoDB writes wait out an outage."
+    )
+    call_log_linger_s: float = Field(
+        0.1,
+        ge=0.0,
+        description="Seconds a call-log write waits to share its MongoDB round trip with others.",
+    )
+    status_write_linger_s: float = Field(
+        0.5,
+        ge=0.0,
+        description="Scoring that lasts longer than this stores the Record 'scoring' meanwhile.",
+    )
+    externalize_threshold_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Record values larger than this (bytes) go to the object store.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0.0,
+        description="Seconds a stopping worker lets running trajectories finish, then hands "
+        "the rest back.",
+    )
+    train_claim_ttl_s: float = Field(
+        600.0, gt=0, description="Seconds a trainer's claim on records lives without renewal."
     )
     sampler_modules: str = Field(
         "",
@@ -247,7 +293,17 @@ class AgentTrainingConfig(BaseSettings):
         600.0, gt=0, description="Seconds one HTTP call to an inference service may take."
     )
     request_max_attempts: int = Field(
-        3, ge=1, description="Attempts per LLM call on transient errors (connection, 429, 5xx)."
+        3,
+        ge=1,
+        description=(
+            "Consecutive transient failures (connection, timeout, 429, 5xx, aborted reply) "
+            "after which a service's circuit opens; calls wait out outages up to "
+            "service_wait_timeout_s instead of failing."
+        ),
+    )
+    circuit_open_s: float = Field(
+        2.0, gt=0, description="Seconds an open circuit stops routing to a failing service "
+        "before one probe request (doubles while it keeps failing, up to 60 s).",
     )
     release_drain_timeout_s: float = Field(
         60.0,

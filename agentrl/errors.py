@@ -202,6 +202,51 @@ class TrajectoryFinishedError(NoTaskAvailableError, RolloutError):
         super().__init__(f"trajectory {record_id} is already {status}; nothing to sample")
 
 
+class InfrastructureError(RolloutError):
+    """Raised by a sampler or its tools when something outside the sampler failed: a tool
+    server died, an LLM judge or environment did not answer.
+
+    The ledger classifies it (and its subclasses) as an ``infrastructure`` failure: the
+    trajectory is started again later and never scored on it (see
+    :class:`~agentrl.databases.ErrorKind`).
+    """
+
+
+class LeaseLostError(RolloutError):
+    """Raised when an attempt of a trajectory is no longer the one that holds it: its lease
+    lapsed (the worker froze past ``lease_ttl_s``) and a newer attempt started. The write that
+    found out was refused; the stale copy stops.
+
+    Attributes:
+        record_id: the Record identity ``task_id:traj_id:epoch``.
+        attempt: the stale attempt's number.
+    """
+
+    def __init__(self, record_id: str, attempt: int, reason: str = "") -> None:
+        self.record_id, self.attempt = record_id, attempt
+        detail = f": {reason}" if reason else ""
+        super().__init__(
+            f"attempt {attempt} of trajectory {record_id} lost its lease to a newer attempt"
+            f"{detail}; its writes are refused"
+        )
+
+
+class InvalidOutputError(RolloutError):
+    """Raised when a sampler's output cannot be stored: a value BSON cannot hold, or a Record
+    still over MongoDB's document limit after large values went to the object store.
+
+    Attributes:
+        record_id: the Record identity (``""`` when not known yet).
+        field: the dotted path of the offending field (``meta.scores.0``), or ``""``.
+        reason: what is wrong and what to do.
+    """
+
+    def __init__(self, record_id: str, field: str, reason: str) -> None:
+        self.record_id, self.field, self.reason = record_id, field, reason
+        where = f" field {field!r}" if field else ""
+        super().__init__(f"record {record_id or '?'}{where}: {reason}")
+
+
 # --- rollout: osworld environments ---------------------------------------------------------------
 
 

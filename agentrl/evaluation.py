@@ -21,9 +21,10 @@ One evaluation, step by step:
    ``agentrl.evaluate_trajectory`` message per ``(task, traj_id)`` to the ``evaluation`` queue,
    then re-schedules itself (``Task.retry``) every ``poll_interval_s`` — it holds no worker slot
    while it waits.
-3. Workers run each trajectory with the registered sampler, asking for ``model``
-   (:func:`workers.evaluation.evaluate_trajectory`); a failing trajectory scores 0 with its error
-   (no resampling: a failure is part of the result).
+3. Workers run each trajectory with the registered sampler, asking for ``model`` (an ordinary
+   sampling message whose claim names the model and ``resample: false``): a trajectory whose
+   sampler fails is FAILED with its error, counted as a failure and as not correct (no
+   resampling: a failure is part of the result); an infrastructure failure is retried.
 4. Once every task is COMPLETED (or ``max_wait_s`` passed) the job returns
    :func:`summarize_evaluation` — the value of ``AsyncResult.get()``.
 
@@ -53,8 +54,6 @@ from agentrl.inference.services import register_external_service
 
 EVALUATE_TASK = "agentrl.evaluate"
 """Name of the evaluation job (kwargs: an :class:`EvaluationSpec`)."""
-EVALUATE_TRAJECTORY_TASK = "agentrl.evaluate_trajectory"
-"""Name of one evaluation trajectory (kwargs: a Claim plus ``model`` and ``evaluation_id``)."""
 EVALUATION_EPOCH = 0
 """Epoch of ad-hoc evaluation tasks and records (beat's epochs start at 1)."""
 TASK_ID_PREFIX = "evaluation-"
@@ -62,8 +61,10 @@ TASK_ID_PREFIX = "evaluation-"
 CORRECT_SCORE = 1.0
 """A record scoring at least this (minus :data:`SCORE_EPS`) counts as correct for ``accuracy``."""
 SCORE_EPS = 1e-6
-FINISHED = (RecordStatus.SCORED.value, RecordStatus.READY.value, RecordStatus.ABANDONED.value)
-"""Record statuses of a finished (scored) evaluation trajectory."""
+SCORED = (RecordStatus.SCORED.value, RecordStatus.READY.value, RecordStatus.ABANDONED.value)
+"""Record statuses of a scored evaluation trajectory."""
+FINISHED = (*SCORED, RecordStatus.FAILED.value)
+"""Record statuses of a finished evaluation trajectory (scored, or failed for good)."""
 
 
 @dataclass(frozen=True)
@@ -157,10 +158,11 @@ def summarize_evaluation(
     Returns:
         ``evaluation_id``, ``sampler``, ``dataset``, ``model``, ``split``, ``num_samples``;
         ``tasks`` (inserted) and ``tasks_completed``; ``expected`` trajectories; ``count``
-        (finished, i.e. scored, trajectories); ``unfinished``; ``mean_score`` and ``accuracy``
-        (share of finished records scoring >= :data:`CORRECT_SCORE`; both ``None`` when nothing
-        finished); ``failures`` (finished records carrying an error: sampling or scoring
-        failed, scored 0); ``by_status`` (records per status); ``record_ids`` (finished, sorted).
+        (finished trajectories: scored or FAILED); ``unfinished``; ``mean_score`` (of the scored
+        ones, ``None`` when none) and ``accuracy`` (share of finished trajectories scoring >=
+        :data:`CORRECT_SCORE`: a FAILED one is not correct; ``None`` when nothing finished);
+        ``failures`` (FAILED trajectories); ``by_status`` (records per status); ``record_ids``
+        (finished, sorted).
     """
     tasks = list(store.collection(Task).find(
         {"_id": id_prefix_query(spec.task_prefix)}, {"num_generations": 1, "status": 1}))
@@ -169,7 +171,7 @@ def summarize_evaluation(
         {"status": 1, "score": 1, "error": 1},
     ))
     finished = [r for r in records if r.get("status") in FINISHED]
-    scores = [float(r.get("score") or 0.0) for r in finished]
+    scores = [float(r.get("score") or 0.0) for r in finished if r.get("status") in SCORED]
     by_status: dict[str, int] = {}
     for raw in records:
         status = str(raw.get("status"))
@@ -191,7 +193,7 @@ def summarize_evaluation(
         "unfinished": expected - len(finished),
         "mean_score": mean,
         "accuracy": correct / len(finished) if finished else None,
-        "failures": sum(1 for r in finished if r.get("error")),
+        "failures": sum(1 for r in finished if r.get("status") == RecordStatus.FAILED.value),
         "by_status": by_status,
         "record_ids": sorted(str(r["_id"]) for r in finished),
         "elapsed_s": elapsed_s,

@@ -1,5 +1,7 @@
-"""`agentrl status`: one snapshot of a run — queues, workers, inference services, tasks and
-records per split and epoch, the global step and the staleness of READY records.
+"""`agentrl status`: one snapshot of a run — queues, workers, inference services (running
+requests from their slot leases), why sampling is paused, tasks and records per split and
+epoch (running trajectories included), failures per kind, the global step and the staleness of
+READY records.
 
 :func:`collect_status` returns a JSON-able dict (``agentrl status --json`` prints it);
 :func:`render_status` draws it as rich tables. API keys are never part of it (services are read
@@ -11,6 +13,7 @@ groups: they also run on nx-27017), so the statuses of one row sum to its ``tota
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +32,8 @@ from agentrl.databases import (
     TaskStatus,
 )
 from agentrl.inference.services import list_services
+from agentrl.rollout.leases import slot_loads
+from agentrl.rollout.ledger import GlobalStep, RedisKeys, failures_by_kind
 
 QUEUES = (SAMPLING_QUEUE, EVALUATION_QUEUE)
 """The broker queues reported."""
@@ -88,13 +93,17 @@ def service_status(dbs: Databases, now: datetime | None = None) -> list[dict[str
 
     Returns:
         One dict per service: ``name``, ``kind``, ``status`` (UP/DOWN), ``endpoint``,
-        ``models``, ``running_req_count``, ``weight_version``, ``heartbeat_age_s`` (seconds since
+        ``models``, ``running_req_count`` (live request slots), ``weight_version``,
+        ``heartbeat_age_s`` (seconds since
         its last heartbeat) and ``routable`` (UP with a fresh heartbeat, or external).
     """
     now = now or datetime.now(UTC)
     ttl_s = dbs.config.service_heartbeat_ttl_s
+    keys = RedisKeys(dbs.config.key_prefix)
+    views = list_services(dbs.store)
+    loads = slot_loads(dbs.redis, [keys.service_slots(str(v["_id"])) for v in views])
     out = []
-    for view in list_services(dbs.store):
+    for view, running in zip(views, loads, strict=True):
         beat = view.get("heartbeat_at")
         if isinstance(beat, datetime) and beat.tzinfo is None:
             beat = beat.replace(tzinfo=UTC)
@@ -104,7 +113,7 @@ def service_status(dbs: Databases, now: datetime | None = None) -> list[dict[str
         out.append({
             "name": view.get("name"), "kind": view.get("kind"), "status": view.get("status"),
             "endpoint": view.get("endpoint"), "models": list(view.get("models") or []),
-            "running_req_count": int(view.get("running_req_count") or 0),
+            "running_req_count": running,
             "weight_version": view.get("weight_version"),
             "heartbeat_age_s": None if age_s is None else round(age_s, 1),
             "routable": up and fresh,
@@ -166,6 +175,18 @@ def ready_staleness(dbs: Databases, global_step: int) -> dict[str, Any]:
     }
 
 
+def sampling_paused(dbs: Databases) -> dict[str, Any]:
+    """Why sampling waits now: service name → ``{reason, since}`` (empty while it flows)."""
+    raw = dbs.redis.hgetall(RedisKeys(dbs.config.key_prefix).sampling_paused)
+    out = {}
+    for name, value in raw.items():
+        try:
+            out[str(name)] = json.loads(value)
+        except ValueError:
+            out[str(name)] = {"reason": str(value)}
+    return out
+
+
 def collect_status(
     dbs: Databases, app: Celery, inspect_timeout_s: float = INSPECT_TIMEOUT_S,
     with_workers: bool = True,
@@ -183,9 +204,10 @@ def collect_status(
         ``run`` (name, key prefix, database), ``global_step``, ``queues``
         (:func:`queue_depths`), ``workers`` (:func:`worker_status`), ``services``
         (:func:`service_status`), ``tasks`` and ``records`` (:func:`counts_by_split_epoch`),
-        ``staleness`` (:func:`ready_staleness`), ``collected_at`` (ISO UTC).
+        ``staleness`` (:func:`ready_staleness`), ``failures`` (FAILED records per error kind),
+        ``sampling_paused`` (:func:`sampling_paused`), ``collected_at`` (ISO UTC).
     """
-    step = dbs.global_step.get()
+    step = GlobalStep(dbs).get()
     return {
         "run": {"name": dbs.config.name, "key_prefix": dbs.config.key_prefix,
                 "db_name": dbs.config.db_name},
@@ -197,6 +219,8 @@ def collect_status(
         "tasks": counts_by_split_epoch(dbs, Task, [s.value for s in TaskStatus]),
         "records": counts_by_split_epoch(dbs, Record, [s.value for s in RecordStatus]),
         "staleness": ready_staleness(dbs, step),
+        "failures": failures_by_kind(dbs),
+        "sampling_paused": sampling_paused(dbs),
     }
 
 
@@ -218,6 +242,10 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
     head.add_row("global step", str(status["global_step"]))
     queues = status["queues"]
     head.add_row("queues", ", ".join(f"{k}={v}" for k, v in queues.items()))
+    failures = status.get("failures") or {}
+    head.add_row("failed records", ", ".join(f"{k}={v}" for k, v in failures.items()) or "none")
+    for name, why in (status.get("sampling_paused") or {}).items():
+        head.add_row("[yellow]sampling paused", f"{name}: {why.get('reason')}")
     head.add_row("READY train records",
                  f"{stale['ready']} ({stale['untrained']} untrained); staleness steps "
                  f"max={stale['max_steps']} mean={stale['mean_steps']} min={stale['min_steps']}")

@@ -19,7 +19,8 @@ from celery.beat import Scheduler
 
 from agentrl.celery_app import HOUSEKEEPING_TASK, PUSH_EPOCH_TASK, app_config, enqueue_claims
 from agentrl.databases import Databases, init_databases
-from agentrl.rollout.epochs import push_epoch, requeue_expired
+from agentrl.rollout.epochs import push_epoch
+from agentrl.rollout.ledger import housekeep
 from agentrl.rollout.registry import get_sampler
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,14 @@ def push_epoch_job(self: Task, split: str) -> int | None:
 
 @shared_task(name=HOUSEKEEPING_TASK, bind=True, ignore_result=True)
 def housekeeping(self: Task) -> int:
-    """Re-send the claims whose lease expired. Returns how many were re-sent."""
+    """One pass of the ledger's housekeeping (:func:`agentrl.rollout.ledger.housekeep`).
+
+    Returns:
+        The number of claims re-sent or rebuilt.
+    """
     app = self.app
-    return requeue_expired(databases_for(app), lambda claims: enqueue_claims(app, claims))
+    done = housekeep(databases_for(app), lambda claims: enqueue_claims(app, claims))
+    return done.resent + done.rebuilt
 
 
 class LocalScheduler(Scheduler):

@@ -4,9 +4,10 @@
   ``load_dataset``, insert the tasks, send one trajectory message per ``(task, traj_id)``; later
   runs (``Task.retry`` every ``poll_interval_s``, so no worker slot is held while waiting) —
   return the summary once every task is COMPLETED or the deadline passed.
-- ``agentrl.evaluate_trajectory`` (:func:`evaluate_trajectory`): one trajectory, run by the
-  registered sampler on a :class:`~workers.runtime.SamplingRuntime` whose configuration asks for
-  the evaluation's model and does not resample failures (a failure scores 0 and is counted).
+- each trajectory is an ordinary sampling message (``agentrl.sample``) on the ``evaluation``
+  queue whose claim names the evaluation's model and ``resample: false``: a trajectory whose
+  sampler fails is FAILED and counted, not sampled again (infrastructure failures are still
+  retried: an outage is not the model's fault).
 
 Flower shows both with their kwargs: the job's evaluation id, sampler, dataset, model and split;
 each trajectory's ``task_id``, ``traj_id``, ``epoch``, ``split``, ``sampler`` and ``model``.
@@ -25,13 +26,12 @@ from typing import Any
 from celery import Celery, Task, shared_task
 from celery.signals import worker_shutdown
 
-from agentrl.celery_app import EVALUATION_QUEUE, app_config
+from agentrl.celery_app import app_config, enqueue_claims
 from agentrl.databases import Databases, TaskStatus, init_databases, utcnow
 from agentrl.databases import Task as TaskDocument
 from agentrl.errors import AgentRLError, EvaluationError
 from agentrl.evaluation import (
     EVALUATE_TASK,
-    EVALUATE_TRAJECTORY_TASK,
     EVALUATION_EPOCH,
     EvaluationSpec,
     elapsed_since,
@@ -40,13 +40,12 @@ from agentrl.evaluation import (
 )
 from agentrl.rollout.claims import Claim
 from agentrl.rollout.epochs import iter_dataset
+from agentrl.rollout.ledger import GlobalStep, open_claims
 from agentrl.rollout.registry import get_sampler
-from workers.runtime import SamplingRuntime
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_runtimes: dict[tuple[int, str], SamplingRuntime] = {}
 _databases: dict[int, Databases] = {}
 
 
@@ -59,31 +58,11 @@ def databases_for(app: Celery) -> Databases:
         return dbs
 
 
-def evaluation_runtime(app: Celery, model: str) -> SamplingRuntime:
-    """The process's runtime for evaluation trajectories asking for ``model``.
-
-    Its configuration is the worker's, with ``model_name`` = ``model`` (when given) and
-    ``resample_error_records`` off.
-    """
-    with _lock:
-        runtime = _runtimes.get((id(app), model))
-        if runtime is None:
-            base = app_config(app)
-            config = base.model_copy(update={
-                "model_name": model or base.model_name, "resample_error_records": False,
-            })
-            runtime = _runtimes[(id(app), model)] = SamplingRuntime(config)
-        return runtime
-
-
 @worker_shutdown.connect(weak=False)
 def _close_all(**_: Any) -> None:
     with _lock:
-        runtimes, databases = list(_runtimes.values()), list(_databases.values())
-        _runtimes.clear()
+        databases = list(_databases.values())
         _databases.clear()
-    for runtime in runtimes:
-        runtime.close()
     for dbs in databases:
         dbs.close()
 
@@ -106,7 +85,7 @@ def dispatch(app: Celery, dbs: Databases, spec: EvaluationSpec) -> int:
         raise EvaluationError(spec.evaluation_id, f"cannot load {spec.dataset}: {exc}") from exc
     if not items:
         raise EvaluationError(spec.evaluation_id, f"dataset {spec.dataset} holds no task")
-    step, now = dbs.global_step.get(), utcnow()
+    step, now = GlobalStep(dbs).get(), utcnow()
     tasks = [
         item.model_copy(update={
             "id": spec.task_id(index), "split": spec.split, "epoch": EVALUATION_EPOCH,
@@ -118,17 +97,11 @@ def dispatch(app: Celery, dbs: Databases, spec: EvaluationSpec) -> int:
     ]
     dbs.store.insert_many(tasks)  # type: ignore[arg-type]
     claims = [
-        Claim(task.id, traj_id, EVALUATION_EPOCH, spec.split, spec.sampler)
+        Claim(task.id, traj_id, EVALUATION_EPOCH, spec.split, spec.sampler, model=spec.model,
+              resample=False)
         for task in tasks for traj_id in range(spec.num_samples)
     ]
-    with app.producer_or_acquire() as producer:
-        for claim in claims:
-            app.send_task(
-                EVALUATE_TRAJECTORY_TASK,
-                kwargs={**claim.to_json(), "model": spec.model,
-                        "evaluation_id": spec.evaluation_id},
-                queue=EVALUATION_QUEUE, producer=producer,
-            )
+    open_claims(dbs, claims, lambda batch: enqueue_claims(app, batch))
     logger.info("evaluation %s: %d tasks, %d trajectories sent", spec.evaluation_id, len(tasks),
                 len(claims))
     return len(claims)
@@ -169,21 +142,3 @@ def evaluate_job(self: Task, **job: Any) -> dict[str, Any]:
         raise self.retry(countdown=spec.poll_interval_s)
     return summarize_evaluation(
         dbs.store, spec, elapsed_s=elapsed_since(spec.deadline_at, spec.max_wait_s))
-
-
-@shared_task(name=EVALUATE_TRAJECTORY_TASK, bind=True, acks_late=True,
-             reject_on_worker_lost=True, ignore_result=True)
-def evaluate_trajectory(
-    self: Task, model: str = "", evaluation_id: str = "", **claim: Any
-) -> str:
-    """Sample and score one evaluation trajectory.
-
-    Args:
-        model: served model name to ask for (``""``: the worker's ``model_name``).
-        evaluation_id: the evaluation it belongs to (shown in Flower and logs).
-        **claim: the :class:`~agentrl.rollout.claims.Claim` fields.
-
-    Returns:
-        The outcome (``scored``, ``failed``, ``leased``, ``finished``).
-    """
-    return evaluation_runtime(self.app, model).run_claim(Claim.from_json(claim))

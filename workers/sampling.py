@@ -1,74 +1,75 @@
 """The sampling job: one message = one trajectory ``(task_id, traj_id, epoch)``.
 
-The job resolves the message's registered sampler name (never an import path), and runs
-``async with Sampler(config, claim=claim) as s: await s.run()`` on the worker process's event loop
-(:mod:`workers.runtime`). It is idempotent: a redelivered copy whose first copy still runs finds
-the live lease and exits; a copy after a crash restarts the trajectory under the same Record id;
-a copy after the Record was scored only makes sure the score reached the task.
+The job resolves the message's registered sampler name (never an import path) and hands the
+trajectory to the process's event loop (:func:`agentrl.rollout.runtime.runtime_for`), which
+admits it, takes its lease and runs it; the message is acknowledged once the lease is held.
+A copy of the message whose first copy still runs finds the live lease and ends (``leased``);
+everything else that happens to the trajectory is the ledger's (:mod:`agentrl.rollout.ledger`).
+
+The signal handlers wire the runtime to the worker's life: an explicit ``-P prefork`` is honoured
+(one event loop per child), ``eventlet``/``gevent`` are refused, a stopping worker admits no new
+trajectory and hands the unfinished ones back (:meth:`SamplingRuntime.close`).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
+import sys
 from typing import Any
 
-from celery import Celery, Task, shared_task
-from celery.signals import worker_shutdown
-from pymongo.errors import PyMongoError
-from redis.exceptions import RedisError
-
-from agentrl.celery_app import SAMPLE_TASK, app_config
-from agentrl.rollout.claims import Claim
-from workers.runtime import SamplingRuntime
-
-logger = logging.getLogger(__name__)
-
-_runtimes: dict[int, SamplingRuntime] = {}
-_runtimes_lock = threading.Lock()
-
-
-def runtime_for(app: Celery) -> SamplingRuntime:
-    """The process's :class:`SamplingRuntime` for ``app`` (created on first use)."""
-    with _runtimes_lock:
-        runtime = _runtimes.get(id(app))
-        if runtime is None:
-            runtime = _runtimes[id(app)] = SamplingRuntime(app_config(app))
-        return runtime
-
-
-def close_runtime(app: Celery) -> None:
-    """Close the runtime of ``app`` in this process, if any (worker shutdown, scheduler end)."""
-    with _runtimes_lock:
-        runtime = _runtimes.pop(id(app), None)
-    if runtime is not None:
-        runtime.close()
-
-
-@worker_shutdown.connect(weak=False)
-def _close_all(**_: Any) -> None:
-    for key in list(_runtimes):
-        runtime = _runtimes.pop(key, None)
-        if runtime is not None:
-            runtime.close()
-
-
-TRANSIENT_ERRORS = (RedisError, PyMongoError)
-"""Infrastructure errors after which the message is sent again (Celery retry with backoff)."""
-
-
-@shared_task(
-    name=SAMPLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-    autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60, max_retries=20,
+from celery import Task, shared_task
+from celery.exceptions import Reject
+from celery.signals import (
+    worker_init,
+    worker_process_shutdown,
+    worker_shutdown,
+    worker_shutting_down,
 )
+
+from agentrl.celery_app import SAMPLE_TASK, requested_pool
+from agentrl.rollout.claims import Claim
+from agentrl.rollout.runtime import check_pool, close_runtime, runtime_for, stop_admitting
+
+
+@shared_task(name=SAMPLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
 def sample(self: Task, **claim: Any) -> str:
-    """Sample the trajectory the message names.
+    """Hand the trajectory the message names to this process's sampling runtime.
 
     Args:
         **claim: the :class:`Claim` fields (``task_id``, ``traj_id``, ``epoch``, ``split``,
-            ``sampler``).
+            ``sampler``, ``model``, ``resample``).
 
     Returns:
-        The outcome (``scored``, ``failed``, ``leased``, ``finished``).
+        ``started`` or ``leased``.
+
+    Raises:
+        Reject: the worker is stopping; the message goes back to the queue.
+        UnknownSamplerError: no sampler of that name is registered in this worker.
     """
-    return runtime_for(self.app).run_claim(Claim.from_json(claim))
+    outcome = runtime_for(self.app).submit(Claim.from_json(claim))
+    if outcome == "closing":
+        raise Reject("the worker is stopping", requeue=True)
+    return outcome
+
+
+@worker_init.connect(weak=False)
+def _choose_pool(sender: Any = None, **_: Any) -> None:
+    pool = requested_pool(sys.argv)
+    if pool == "prefork" and sender is not None:
+        sender.pool_cls = "prefork"  # Celery's CLI cannot tell -P prefork from its default
+    check_pool(pool or getattr(sender, "pool_cls", ""))
+
+
+@worker_shutting_down.connect(weak=False)
+def _stop_admitting(**_: Any) -> None:
+    stop_admitting()
+
+
+@worker_shutdown.connect(weak=False)
+def _close(**_: Any) -> None:
+    close_runtime()
+
+
+@worker_process_shutdown.connect(weak=False)
+def _close_child(**_: Any) -> None:
+    close_runtime()

@@ -6,12 +6,16 @@ Public names follow the AgentRL guide: ``Task``, ``DispatchedSamplingTask``, ``R
 
 from agentrl.databases.connections import Databases, connect_redis, init_databases, mongo_uri
 from agentrl.databases.documents import (
+    FINAL_RECORD_STATUSES,
+    RUN_STATE_ID,
     DispatchedSamplingTask,
     DispatchStatus,
     Document,
+    ErrorKind,
     InferenceService,
     Record,
     RecordStatus,
+    RunState,
     ServiceStatus,
     Task,
     TaskStatus,
@@ -27,6 +31,10 @@ __all__ = [
     "Databases",
     "DispatchStatus",
     "DispatchedSamplingTask",
+    "ErrorKind",
+    "FINAL_RECORD_STATUSES",
+    "RUN_STATE_ID",
+    "RunState",
     "DistributedCounter",
     "DistributedLock",
     "Document",

@@ -9,13 +9,9 @@ import redis
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases.embedded import ensure_embedded_mongo
-from agentrl.databases.locks import DistributedCounter, DistributedLock
 from agentrl.databases.objectstore import ObjectStore, open_object_store
 from agentrl.databases.store import MongoStore, redact_url
 from agentrl.errors import ServiceUnavailableError
-
-GLOBAL_STEP = "global_step"
-"""Name of the Redis counter holding the trainer's global step."""
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -58,19 +54,6 @@ class Databases:
     redis: redis.Redis
     objects: ObjectStore
     mongo_uri: str
-
-    def lock(self, name: str, ttl_s: float = 30.0) -> DistributedLock:
-        """A :class:`DistributedLock` under this run's key prefix."""
-        return DistributedLock(self.redis, name, ttl_s=ttl_s, prefix=self.config.key_prefix)
-
-    def counter(self, name: str) -> DistributedCounter:
-        """A :class:`DistributedCounter` under this run's key prefix."""
-        return DistributedCounter(self.redis, name, prefix=self.config.key_prefix)
-
-    @property
-    def global_step(self) -> DistributedCounter:
-        """The trainer's global step counter."""
-        return self.counter(GLOBAL_STEP)
 
     def close(self) -> None:
         """Close the MongoDB and Redis connections."""

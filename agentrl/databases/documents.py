@@ -67,7 +67,15 @@ class TaskStatus(StrEnum):
 class RecordStatus(StrEnum):
     """Record lifecycle: ``created → running → completed | failed → scoring → scored → ready``.
 
-    ``abandoned``: the record's group has no score spread, so it carries no GRPO signal.
+    - ``created``: the claim is queued (inserted when the epoch is pushed; a trajectory whose
+      attempt failed and will be started again goes back to ``created``, keeping the error).
+    - ``running``: an attempt holds the lease (written when the attempt starts).
+    - ``completed`` / ``scoring``: ``run`` ended and the outputs are being scored. These are
+      written only when scoring lasts longer than ``status_write_linger_s``; a fast scorer's
+      ``completed → scoring → scored`` reaches MongoDB as one write (the outputs with the score).
+    - ``failed``: final; the trajectory left its group (see ``error_kind`` and ``error``).
+    - ``scored``: final for the trajectory; ``ready`` or ``abandoned`` once its group completes
+      (``abandoned``: the group's scores have no spread, so it carries no GRPO signal).
     """
 
     CREATED = "created"
@@ -90,6 +98,25 @@ class DispatchStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     DROPPED = "dropped"
+
+
+FINAL_RECORD_STATUSES = frozenset({"failed", "scored", "ready", "abandoned"})
+"""Record statuses after which no attempt starts again (values of :class:`RecordStatus`)."""
+
+
+class ErrorKind(StrEnum):
+    """Why an attempt of a trajectory failed.
+
+    - ``infrastructure``: the worker was lost, the inference service or an environment was
+      unreachable or died, a timeout; the trajectory is started again and never scored on it.
+    - ``sampler``: an exception in the sampler's ``run`` or ``evaluate_record``.
+    - ``invalid_output``: the sampler's output cannot be stored (a value BSON cannot hold, a
+      Record over MongoDB's 16 MiB after large values went to the object store).
+    """
+
+    INFRASTRUCTURE = "infrastructure"
+    SAMPLER = "sampler"
+    INVALID_OUTPUT = "invalid_output"
 
 
 class ServiceStatus(StrEnum):
@@ -179,8 +206,9 @@ class Task(Document):
     """One problem of a dataset, pushed for one split and epoch.
 
     A train task is sampled ``num_generations`` times per epoch (one Record per ``traj_id``).
-    ``scores`` maps ``str(traj_id)`` to the trajectory's score, so pushing a score twice (a
-    redelivered message) overwrites instead of duplicating.
+    ``scores`` maps ``str(traj_id)`` to the trajectory's score and ``failed`` the trajectories
+    that left the group to their error kind, so pushing an outcome twice (a redelivered message)
+    overwrites instead of duplicating. The group is complete when every ``traj_id`` is in one.
     """
 
     collection_name: ClassVar[str] = "tasks"
@@ -193,6 +221,10 @@ class Task(Document):
     num_generations: int = Field(1, ge=1, description="Trajectories expected for this epoch.")
     sampler: str = Field("", description="Registered sampler name that samples this task.")
     scores: dict[str, float] = Field(default_factory=dict, description="traj_id → score.")
+    failed: dict[str, str] = Field(
+        default_factory=dict,
+        description="traj_id → error kind of the trajectories that left the group (FAILED).",
+    )
     state: dict[str, Any] = Field(
         default_factory=dict, description="State shared by stateful samplers across trajectories."
     )
@@ -203,7 +235,11 @@ class Record(Document):
     """One trajectory: the identity ``(task_id, traj_id, epoch)`` is unique.
 
     ``id`` is derived from the identity (:meth:`identity_id`), so a redelivered message finds the
-    same document. Training reuse is tracked by ``trained_count`` and ``last_trained_step``.
+    same document. Every start of the trajectory is a new ``attempt`` (1, 2, ...): writes of the
+    Record are conditioned on it, so a copy that lost its lease writes nothing, and only the
+    calls of the Record's own attempt are trained. Training reuse is tracked by
+    ``trained_count`` and ``last_trained_step``; a trainer holding the record for a step that is
+    not yet checkpointed is named by the ``train_claim_*`` fields.
     """
 
     collection_name: ClassVar[str] = "records"
@@ -212,15 +248,39 @@ class Record(Document):
     traj_id: int = Field(ge=0)
     epoch: int = Field(ge=0)
     split: str = "train"
+    sampler: str = Field("", description="Registered sampler name of the trajectory.")
+    model: str = Field("", description="Served model it asks for ('': the configured one).")
+    resample: bool = Field(True, description="Whether a sampler failure is sampled again.")
     status: RecordStatus = RecordStatus.CREATED
     score: float | None = Field(None, description="Scalar reward of the trajectory.")
     advantage: float | None = Field(None, description="Group-relative advantage, once computed.")
-    error: str | None = Field(None, description="Why sampling or scoring failed.")
-    attempts: int = Field(0, ge=0, description="Times this trajectory was started.")
+    error: str | None = Field(None, description="Why the last attempt failed (kind: message).")
+    error_kind: ErrorKind | None = Field(None, description="Kind of the last attempt's failure.")
+    attempt: int = Field(0, ge=0, description="Number of the attempt that holds (held) it.")
+    failed_attempt: int | None = Field(None, description="The attempt the error is from.")
+    infrastructure_failures: int = Field(
+        0, ge=0, description="Attempts ended by infrastructure failures (not charged)."
+    )
+    worker: str | None = Field(None, description="host:pid of the attempt's worker process.")
     created_at_step: int = Field(0, ge=0, description="Global step when sampling started.")
+    started_at: UTCDateTime | None = Field(None, description="Start of the current attempt.")
+    finished_at: UTCDateTime | None = Field(None, description="End of sampling and scoring.")
+    token_exact: bool | None = Field(
+        None, description="Every call of the attempt returned the engine's token ids."
+    )
     trained_count: int = Field(0, ge=0, description="Optimizer steps that used this record.")
     last_trained_step: int | None = Field(None, description="Last step that trained on it.")
+    train_claim_owner: str = Field("", description="Trainer holding it for a step ('': none).")
+    train_claim_step: int = Field(0, ge=0, description="The step it is held for.")
+    train_claim_expires_ts: float = Field(
+        0.0, description="Unix seconds when the trainer claim lapses (0: not claimed)."
+    )
     meta: dict[str, Any] = Field(default_factory=dict, description="Sampler-specific data.")
+
+    @property
+    def attempts(self) -> int:
+        """Times this trajectory was started (the AgentRL guide's name for ``attempt``)."""
+        return self.attempt
 
     @staticmethod
     def identity_id(task_id: str, traj_id: int, epoch: int) -> str:
@@ -239,7 +299,8 @@ class DispatchedSamplingTask(Document):
 
     record_id: str
     task_id: str
-    turn: int = Field(0, ge=0, description="Index of this call within its trajectory.")
+    attempt: int = Field(0, ge=0, description="The Record attempt that made the call.")
+    turn: int = Field(0, ge=0, description="Index of this call within its attempt.")
     status: DispatchStatus = DispatchStatus.PENDING
     request: dict[str, Any] = Field(default_factory=dict, description="messages, tools, params.")
     response: dict[str, Any] | None = Field(None, description="The OpenAI-format response.")
@@ -262,6 +323,10 @@ class DispatchedSamplingTask(Document):
 class InferenceService(Document):
     """An OpenAI-compatible inference endpoint that samplers route calls to.
 
+    The requests running on it are not a field: each is an expiring lease in Redis (see
+    :class:`agentrl.rollout.ledger.RedisKeys`), so a killed worker's requests stop counting
+    after ``lease_ttl_s``.
+
     ``api_key`` is stored (external services need it) but never printed: it is a
     :class:`~pydantic.SecretStr`, and status views use :meth:`public_view`.
     """
@@ -273,7 +338,6 @@ class InferenceService(Document):
     models: list[str] = Field(default_factory=list, description="Model names it serves.")
     kind: str = Field("cpu", description="sglang | cpu | external")
     status: ServiceStatus = ServiceStatus.DOWN
-    running_req_count: int = Field(0, description="Requests routed to it and not yet finished.")
     heartbeat_at: UTCDateTime = Field(default_factory=utcnow, description="Last heartbeat (UTC).")
     heartbeat_ts: float = Field(
         default_factory=time.time,
@@ -292,3 +356,24 @@ class InferenceService(Document):
         data.pop("api_key", None)
         data.pop(TYPE_FIELD, None)
         return data
+
+
+RUN_STATE_ID = "run"
+"""The ``_id`` of the one :class:`RunState` document of a run's database."""
+
+
+@register_new_model
+class RunState(Document):
+    """The durable state of a run: the global step and each split's pushed epoch.
+
+    One document (id :data:`RUN_STATE_ID`) per run database. Redis keeps a cache of the global
+    step for samplers (rebuilt from here when Redis comes back empty).
+    """
+
+    collection_name: ClassVar[str] = "run_state"
+
+    id: str = Field(RUN_STATE_ID, alias="_id", description="Always 'run'.")
+    global_step: int = Field(0, ge=0, description="Optimizer steps in the served weights.")
+    pushed_epochs: dict[str, int] = Field(
+        default_factory=dict, description="split → last epoch whose claims were all sent."
+    )

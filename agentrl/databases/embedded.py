@@ -1,10 +1,12 @@
 """The embedded MongoDB-wire server: nx-27017 on a data directory, started on demand.
 
 When ``db_connection_string`` is empty, :func:`ensure_embedded_mongo` starts ``nx-27017`` as a
-daemon on a free loopback port over ``embedded_db_dir`` and writes ``server.json`` (port, pid) in
+daemon on a loopback port over ``embedded_db_dir`` and writes ``server.json`` (port, pid) in
 that directory. Another process (or a later run) finds that file, pings the server and reuses it;
-data survives restarts because it lives in SQLite files in the directory. A file lock serializes
-concurrent starts.
+data survives restarts because it lives in SQLite files in the directory. A server that stopped
+is started again on the port kept in ``server.json`` (a free one only when that port is taken),
+so running processes, whose clients keep the old URI, reconnect by themselves. A file lock
+serializes concurrent starts.
 """
 
 from __future__ import annotations
@@ -50,14 +52,28 @@ def _uri(port: int) -> str:
     return f"mongodb://127.0.0.1:{port}/"
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def kept_port(data_dir: Path) -> int | None:
+    """The port recorded in ``data_dir/server.json`` by the last start, if any."""
+    try:
+        return int(json.loads((Path(data_dir) / STATE_FILE).read_text())["port"])
+    except (ValueError, KeyError, OSError, TypeError):
+        return None
+
+
 def running_embedded_uri(data_dir: Path) -> str | None:
     """The URI of the embedded server on ``data_dir`` if one is running and answers, else None."""
-    state = Path(data_dir) / STATE_FILE
-    if not state.exists():
-        return None
-    try:
-        port = int(json.loads(state.read_text())["port"])
-    except (ValueError, KeyError, OSError):
+    port = kept_port(data_dir)
+    if port is None:
         return None
     uri = _uri(port)
     return uri if _ping(uri) else None
@@ -89,7 +105,9 @@ def ensure_embedded_mongo(data_dir: str | Path) -> str:
         uri = running_embedded_uri(data_dir)
         if uri:
             return uri
-        port = _free_port()
+        port = kept_port(data_dir)
+        if port is None or not _port_is_free(port):
+            port = _free_port()
         log = data_dir / "server.log"
         cmd = [
             *_executable(),
@@ -125,21 +143,21 @@ def ensure_embedded_mongo(data_dir: str | Path) -> str:
 def stop_embedded_mongo(data_dir: str | Path, timeout_s: float = 10.0) -> bool:
     """Stop the embedded server on ``data_dir`` (SIGTERM, then SIGKILL after ``timeout_s``).
 
+    ``server.json`` keeps the port, so the next :func:`ensure_embedded_mongo` starts the server
+    where running clients look for it.
+
     Returns:
         Whether a running server was stopped.
     """
     data_dir = Path(data_dir).expanduser().resolve()
     pid_file = data_dir / "server.pid"
-    state = data_dir / STATE_FILE
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
-        state.unlink(missing_ok=True)
         return False
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        state.unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
         return False
     deadline = time.monotonic() + timeout_s
@@ -151,6 +169,5 @@ def stop_embedded_mongo(data_dir: str | Path, timeout_s: float = 10.0) -> bool:
         time.sleep(0.1)
     else:
         os.kill(pid, signal.SIGKILL)
-    state.unlink(missing_ok=True)
     pid_file.unlink(missing_ok=True)
     return True

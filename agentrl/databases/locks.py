@@ -1,8 +1,8 @@
 """Redis-backed `DistributedLock` and `DistributedCounter`.
 
 The lock wraps redis-py's :class:`redis.lock.Lock`: an owner token and an expiry, so a holder that
-dies (even by SIGKILL) stops blocking others after ``ttl_s`` seconds. Keys are
-``<key_prefix>:lock:<name>`` and ``<key_prefix>:counter:<name>``.
+dies (even by SIGKILL) stops blocking others after ``ttl_s`` seconds. Callers name the key; the
+run's key names are :class:`agentrl.rollout.ledger.RedisKeys` (``<key_prefix>:lock:<name>``).
 """
 
 from __future__ import annotations
@@ -21,17 +21,14 @@ class DistributedLock:
 
     Args:
         client: a redis-py client.
-        name: lock name (the key is ``<prefix>:lock:<name>``).
+        key: the lock's Redis key.
         ttl_s: seconds after which a lock whose holder stopped extending it expires.
-        prefix: Redis key prefix.
 
     Use ``with lock:`` (blocks until acquired) or :meth:`acquire` with ``blocking=False``.
     """
 
-    def __init__(
-        self, client: redis.Redis, name: str, ttl_s: float = 30.0, prefix: str = "agentrl"
-    ) -> None:
-        self.key = f"{prefix}:lock:{name}"
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float = 30.0) -> None:
+        self.key = key
         self._lock = client.lock(self.key, timeout=ttl_s, thread_local=False)
 
     def acquire(self, blocking: bool = True, timeout_s: float | None = None) -> bool:
@@ -92,12 +89,17 @@ class DistributedLock:
 class DistributedCounter:
     """An integer shared by every process that uses the same Redis (atomic ``INCRBY``).
 
-    The global training step is one: ``DistributedCounter(client, "global_step")``.
+    It lives in Redis only: what must survive a Redis restart (the global step) is kept in
+    MongoDB instead (:class:`agentrl.rollout.ledger.GlobalStep`).
+
+    Args:
+        client: a redis-py client.
+        key: the counter's Redis key.
     """
 
-    def __init__(self, client: redis.Redis, name: str, prefix: str = "agentrl") -> None:
+    def __init__(self, client: redis.Redis, key: str) -> None:
         self.client = client
-        self.key = f"{prefix}:counter:{name}"
+        self.key = key
 
     def get(self) -> int:
         """The current value (0 if never set)."""

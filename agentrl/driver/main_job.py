@@ -33,6 +33,7 @@ from agentrl.driver.report import plot_rewards, write_summary
 from agentrl.errors import ConfigError
 from agentrl.inference.manager import InferenceManager
 from agentrl.rollout.epochs import split_done
+from agentrl.rollout.ledger import clear_run_keys
 from agentrl.training.checkpoint import checkpoint_root
 from agentrl.training.metrics import read_metrics
 from agentrl.training.trainer import Trainer
@@ -90,9 +91,7 @@ def clear_run(config: AgentTrainingConfig, dbs: Databases) -> None:
     """Forget a previous run of the same name: its database, Redis keys, checkpoints, metrics."""
     dbs.store.client.drop_database(config.db_name)
     dbs.store.create_indexes()
-    keys = list(dbs.redis.scan_iter(match=f"{config.key_prefix}:*", count=1000))
-    if keys:
-        dbs.redis.delete(*keys)
+    clear_run_keys(dbs.redis, config.key_prefix)
     shutil.rmtree(checkpoint_root(config), ignore_errors=True)
     (run_dir_of(config) / "metrics.jsonl").unlink(missing_ok=True)
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus  # noqa: E402
+from agentrl.rollout.ledger import GlobalStep
 from agentrl.training import metrics as M  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def write_summary(
     """
     summary = {
         "steps": len(steps),
-        "global_step": dbs.global_step.get(),
+        "global_step": GlobalStep(dbs).get(),
         "reward_per_step": [_finite(s.get(M.REWARD_MEAN)) for s in steps],
         "correct_rate_per_step": [_finite(s.get(M.ROLLOUT_CORRECT_RATE)) for s in steps],
         "well_formed_rate_per_step": [_finite(s.get(M.ROLLOUT_WELL_FORMED_RATE)) for s in steps],

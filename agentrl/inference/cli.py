@@ -71,8 +71,8 @@ def services_list(
         for service in services:
             typer.echo(json.dumps(service, default=str))
         return
-    table = Table("name", "kind", "status", "endpoint", "models", "running", "weights", "heartbeat")
+    table = Table("name", "kind", "status", "endpoint", "models", "weights", "heartbeat")
     for s in services:
         table.add_row(s["name"], s["kind"], s["status"], s["endpoint"], ",".join(s["models"]),
-                      str(s["running_req_count"]), s["weight_version"], str(s["heartbeat_at"]))
+                      s["weight_version"], str(s["heartbeat_at"]))
     Console(width=200).print(table)

@@ -45,6 +45,8 @@ from agentrl.databases.documents import TYPE_FIELD
 from agentrl.errors import EngineStartError, InferenceError, WeightUpdateError
 from agentrl.inference.model_files import resolve_model_path
 from agentrl.inference.sglang import EngineClient, build_cpu_engine_command, build_sglang_command
+from agentrl.rollout.leases import slot_loads
+from agentrl.rollout.ledger import RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +211,7 @@ class InferenceManager:
             self._terminate()
             raise
         self._started = True
-        self._register(ServiceStatus.UP, reset_count=True)
+        self._register(ServiceStatus.UP)
         self._thread = threading.Thread(target=self._watch, name="engine-watchdog", daemon=True)
         self._thread.start()
         atexit.register(self.stop)
@@ -380,7 +382,7 @@ class InferenceManager:
             self._client.close()
             self._client = None
 
-    def _register(self, status: ServiceStatus, reset_count: bool = False) -> None:
+    def _register(self, status: ServiceStatus) -> None:
         """Upsert this engine's InferenceService by name."""
         doc = InferenceService(
             name=self.service_name, endpoint=self.endpoint or "", models=[self.config.model_name],
@@ -388,12 +390,7 @@ class InferenceManager:
             dp_rank=self.placement.dp_group,
         ).to_mongo()
         on_insert = {key: doc.pop(key) for key in ("_id", "created_at", TYPE_FIELD)}
-        count = doc.pop("running_req_count")
         doc.pop("api_key", None)
-        if reset_count:
-            doc["running_req_count"] = count
-        else:
-            on_insert["running_req_count"] = count
         self.dbs.store.collection(InferenceService).update_one(
             {"name": self.service_name}, {"$set": doc, "$setOnInsert": on_insert}, upsert=True
         )
@@ -412,12 +409,19 @@ class InferenceManager:
             },
         )
 
+    def _routed(self) -> int:
+        """Requests routers have in flight on this service (its live slot leases)."""
+        service = self.service
+        if service is None:
+            return 0
+        return slot_loads(self.dbs.redis,
+                          [RedisKeys(self.config.key_prefix).service_slots(service.id)])[0]
+
     def _drain(self, timeout_s: float) -> bool:
         """Wait until no routed request is in flight and the engine is idle; False on timeout."""
         deadline = time.monotonic() + timeout_s
         while True:
-            service = self.service
-            routed = service.running_req_count if service else 0
+            routed = self._routed()
             try:
                 engine_load = self._client.get_load() if self._client else 0
             except Exception:  # an engine that cannot answer holds nothing we can wait for

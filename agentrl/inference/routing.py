@@ -1,21 +1,27 @@
-"""`Router`: send an LLM call to the least-loaded live service and log it as a
-`DispatchedSamplingTask`.
+"""`Router`: send an LLM call to the least-loaded live service, wait out outages, and log it
+as a `DispatchedSamplingTask` of its attempt.
 
 One call of :meth:`Router.create_chat_completion`:
 
-1. **pick** — one atomic ``find_one_and_update`` takes the UP service serving the model with the
-   fewest ``running_req_count`` and a heartbeat younger than ``service_heartbeat_ttl_s``
-   (external services have no heartbeat), incrementing its count. While none is UP (a weight
-   update) the call waits, polling, up to ``service_wait_timeout_s``.
+1. **pick** — the live services serving the model (UP, heartbeat younger than
+   ``service_heartbeat_ttl_s``, or external; read from MongoDB at most every
+   :data:`SERVICE_CACHE_S`) whose circuit is closed; one Redis script takes a slot on the one
+   with the fewest running requests. A slot is an expiring lease (renewed by the process's
+   heartbeat), so the requests of a killed worker stop counting after ``lease_ttl_s``. While no
+   service is routable (a weight update, an outage) the call waits.
 2. **send** — ``POST <endpoint>/v1/chat/completions`` with temperature / top_p / max_tokens from
-   the config unless overridden and ``logprobs: true``; the count is decremented in ``finally``.
-   Transient failures (connection errors, 408/429/5xx) are retried with tenacity, re-picking the
-   service each time, up to ``request_max_attempts``.
-3. **log** — exactly one :class:`DispatchedSamplingTask` is inserted: request (large images moved
-   to the object store), response, completion token ids and behaviour logprobs, finish reason
-   (``length`` kept as such), service, endpoint, weight version, ``created_at_step`` (the Redis
-   counter ``<key_prefix>:counter:global_step``), timings, and status ``completed`` or ``failed``
-   with the error.
+   the config unless overridden and ``logprobs: true``. A transient failure (connection error,
+   timeout, 408/429/5xx, an aborted reply) counts against the service's circuit breaker: after
+   ``request_max_attempts`` in a row the circuit opens for ``circuit_open_s`` (doubling while the
+   service keeps failing), then one probe request is let through. The call backs off
+   (exponential, capped, with jitter) and tries again, on any routable service, until
+   ``service_wait_timeout_s`` has passed: an outage is waited out, not scored. The reason is
+   kept in Redis (``RedisKeys.sampling_paused``) for ``agentrl status`` and logged.
+3. **log** — the call's DispatchedSamplingTask (request with large images moved to the object
+   store, response, completion token ids and behaviour logprobs, finish reason, service,
+   endpoint, weight version, ``created_at_step``, timings) goes ``pending → running →
+   completed | failed | cancelled`` through its attempt (:class:`CallRecorder`, the ledger's
+   write buffer); a call made outside a trajectory is inserted once when it ends.
 
 The returned response is OpenAI-format; ``choices[0]["token_ids"]`` holds the sampled token ids
 and ``choices[0]["logprobs"]["content"][i]["token_id"]`` / ``["logprob"]`` each token's id and
@@ -25,14 +31,16 @@ logprob (nats).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
 import redis.asyncio as aioredis
-from pymongo import ReturnDocument
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
@@ -40,28 +48,73 @@ from agentrl.databases import (
     DispatchedSamplingTask,
     DispatchStatus,
     InferenceService,
-    Record,
     ServiceStatus,
     utcnow,
 )
-from agentrl.databases.connections import GLOBAL_STEP
 from agentrl.databases.objectstore import ObjectStore, externalize, open_object_store
-from agentrl.errors import InferenceError, InferenceRequestError, NoServiceAvailableError
+from agentrl.errors import InferenceRequestError, NoServiceAvailableError
+from agentrl.rollout.leases import LeaseKeeper
+from agentrl.rollout.ledger import RedisKeys
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 """HTTP statuses worth retrying (on another service when one is free)."""
 
-REDIS_CONCURRENCY = 4
-"""Most concurrent Redis reads one router makes (the step counter)."""
+SERVICE_CACHE_S = 1.0
+"""Seconds a process reuses the list of live services of a model."""
 
 POLL_INTERVAL_S = 0.25
-"""Seconds between looks for an UP service while none is available."""
+"""Seconds between looks for a routable service while none is."""
+
+BACKOFF_MAX_S = 10.0
+"""Longest pause between two tries of a call during an outage, in seconds."""
+
+CIRCUIT_OPEN_MAX_S = 60.0
+"""Longest time an open circuit keeps a failing service out of routing, in seconds."""
+
+PAUSED_TTL_S = 120.0
+"""Seconds a 'sampling paused' reason stays in Redis unless renewed."""
 
 
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, InferenceRequestError) and exc.transient
+class CallRecorder(Protocol):
+    """What the router needs of the attempt a call belongs to (the ledger's ``Attempt``)."""
+
+    @property
+    def record_id(self) -> str: ...
+
+    @property
+    def task_id(self) -> str: ...
+
+    @property
+    def number(self) -> int: ...
+
+    def check_lease(self) -> None: ...
+
+    def next_turn(self) -> int: ...
+
+    def log_call(self, call: DispatchedSamplingTask) -> None: ...
+
+
+@dataclass
+class Circuit:
+    """The circuit breaker of one service in this process.
+
+    Attributes:
+        failures: transient failures in a row.
+        open_until: monotonic time before which the service gets no call (0: closed).
+        open_s: how long the next opening lasts.
+        probing: a probe request is in flight (half-open).
+    """
+
+    failures: int = 0
+    open_until: float = 0.0
+    open_s: float = 0.0
+    probing: bool = False
+
+    def allows(self, now: float) -> bool:
+        """Whether a call may go to the service now (closed, or half-open with no probe)."""
+        return self.open_until == 0.0 or (now >= self.open_until and not self.probing)
 
 
 def completion_tokens(response: dict[str, Any]) -> tuple[list[int], list[float], str | None]:
@@ -83,22 +136,30 @@ class Router:
     """Routes chat completions to inference services and records each call.
 
     Args:
-        config: timeouts, sampling defaults and the served model name.
-        store: async MongoDB access (service registry, dispatch log).
-        redis: async Redis client (the global step counter).
+        config: timeouts, sampling defaults, the served model name, circuit settings.
+        store: async MongoDB access (service registry; calls made outside a trajectory).
+        redis: async Redis client (the paused reasons, the step cache).
+        leases: the process's lease keeper (request slots are leases).
+        step: returns the trainer's global step (``created_at_step``); ``None`` reads Redis.
 
     Create it inside the event loop that uses it; call :meth:`aclose` at the end.
     """
 
     def __init__(
-        self, config: AgentTrainingConfig, store: AsyncMongoStore, redis: aioredis.Redis
+        self,
+        config: AgentTrainingConfig,
+        store: AsyncMongoStore,
+        redis: aioredis.Redis,
+        leases: LeaseKeeper,
+        step: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
-        self.config, self.store, self.redis = config, store, redis
-        self.step_key = f"{config.key_prefix}:counter:{GLOBAL_STEP}"
+        self.config, self.store, self.redis, self.leases = config, store, redis, leases
+        self.keys = RedisKeys(config.key_prefix)
+        self._step = step
         self._http: httpx.AsyncClient | None = None
         self._objects: ObjectStore | None = None
-        # a caller's redis.asyncio pool may be small and raises when exhausted: bound our use
-        self._redis_slots = asyncio.Semaphore(REDIS_CONCURRENCY)
+        self._services: dict[str, tuple[float, list[InferenceService]]] = {}
+        self.circuits: dict[str, Circuit] = {}
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -127,35 +188,96 @@ class Router:
             {"$or": [{"kind": "external"}, {"heartbeat_ts": {"$gte": cutoff}}]},
         ]}
 
-    async def acquire(self, model: str) -> InferenceService:
-        """Take the least-loaded live UP service for ``model`` (its count incremented).
+    async def live_services(self, model: str) -> list[InferenceService]:
+        """The UP services of ``model`` with a fresh heartbeat (cached :data:`SERVICE_CACHE_S`)."""
+        now = time.monotonic()
+        cached = self._services.get(model)
+        if cached is not None and now - cached[0] < SERVICE_CACHE_S:
+            return cached[1]
+        coll = self.store.collection(InferenceService)
+        services = [InferenceService.from_mongo(raw)
+                    async for raw in coll.find(self._live_filter(model))]
+        self._services[model] = (now, services)
+        return services
 
-        Waits while none is UP, up to ``service_wait_timeout_s``.
+    def forget_services(self) -> None:
+        """Drop the cached service lists (the next call reads the registry)."""
+        self._services.clear()
+
+    async def acquire(
+        self, model: str, deadline: float, give_back: str | None = None
+    ) -> tuple[InferenceService, str]:
+        """Take a slot on the least-loaded routable service for ``model``.
+
+        Waits while none is routable (DOWN, stale heartbeat, open circuit), until the
+        monotonic ``deadline``.
+
+        Returns:
+            ``(service, slot)``: give the slot back with :meth:`release`.
 
         Raises:
-            NoServiceAvailableError: none became available in time.
+            NoServiceAvailableError: none became routable before the deadline.
         """
         started = time.monotonic()
-        coll = self.store.collection(InferenceService)
         while True:
-            raw = await coll.find_one_and_update(
-                self._live_filter(model),
-                {"$inc": {"running_req_count": 1}},
-                sort=[("running_req_count", 1)],
-                return_document=ReturnDocument.AFTER,
-            )
-            if raw is not None:
-                return InferenceService.from_mongo(raw)
-            waited = time.monotonic() - started
-            if waited >= self.config.service_wait_timeout_s:
-                raise NoServiceAvailableError(model, waited)
+            now = time.monotonic()
+            services = [s for s in await self.live_services(model)
+                        if self.circuits.setdefault(s.id, Circuit()).allows(now)]
+            if services:
+                random.shuffle(services)  # ties go to a random service, not always the first
+                index, slot = await self.leases.take_slot(
+                    [self.keys.service_slots(s.id) for s in services], give_back=give_back)
+                service = services[index]
+                circuit = self.circuits[service.id]
+                if circuit.open_until:
+                    circuit.probing = True
+                return service, slot
+            if give_back is not None:
+                await self.leases.drop_slot(give_back)
+                give_back = None
+            if now >= deadline:
+                raise NoServiceAvailableError(model, now - started)
             await asyncio.sleep(POLL_INTERVAL_S)
 
-    async def release(self, service: InferenceService) -> None:
-        """Give back the slot :meth:`acquire` took on ``service``."""
-        await self.store.collection(InferenceService).update_one(
-            {"_id": service.id}, {"$inc": {"running_req_count": -1}}
-        )
+    async def release(self, slot: str) -> None:
+        """Give back a slot :meth:`acquire` took."""
+        await self.leases.drop_slot(slot)
+
+    # --- circuit breaker -----------------------------------------------------------------------
+
+    async def _failed(self, service: InferenceService, error: InferenceRequestError) -> None:
+        """Count a transient failure; open the circuit after ``request_max_attempts``."""
+        circuit = self.circuits.setdefault(service.id, Circuit())
+        circuit.failures += 1
+        circuit.probing = False
+        if circuit.open_until or circuit.failures >= self.config.request_max_attempts:
+            circuit.open_s = min(CIRCUIT_OPEN_MAX_S, max(self.config.circuit_open_s,
+                                                         circuit.open_s * 2))
+            circuit.open_until = time.monotonic() + circuit.open_s
+            log.warning("sampling paused on %s: circuit open for %.0f s after %d failures (%s)",
+                        service.name, circuit.open_s, circuit.failures, error)
+            await self._say_paused(service, f"circuit open after {circuit.failures} failures: "
+                                            f"{error}")
+
+    async def _succeeded(self, service: InferenceService) -> None:
+        circuit = self.circuits.setdefault(service.id, Circuit())
+        reopened = bool(circuit.open_until)
+        self.circuits[service.id] = Circuit()
+        if reopened:
+            log.warning("sampling resumed on %s", service.name)
+            try:
+                await self.redis.hdel(self.keys.sampling_paused, service.name)
+            except Exception:  # noqa: BLE001 - status information only
+                log.debug("could not clear the paused reason", exc_info=True)
+
+    async def _say_paused(self, service: InferenceService, reason: str) -> None:
+        """Keep why sampling waits in Redis (``agentrl status`` shows it)."""
+        try:
+            value = json.dumps({"reason": reason[:500], "since": time.time()})
+            await self.redis.hset(self.keys.sampling_paused, service.name, value)
+            await self.redis.expire(self.keys.sampling_paused, int(PAUSED_TTL_S))
+        except Exception:  # noqa: BLE001 - status information only
+            log.debug("could not store the paused reason", exc_info=True)
 
     # --- one call ------------------------------------------------------------------------------
 
@@ -210,8 +332,7 @@ class Router:
         messages: list[dict],
         tools: list[dict] | None = None,
         *,
-        record: Record | None = None,
-        turn: int = 0,
+        recorder: CallRecorder | None = None,
         model: str | None = None,
         **params: Any,
     ) -> dict[str, Any]:
@@ -220,8 +341,7 @@ class Router:
         Args:
             messages: OpenAI chat messages.
             tools: OpenAI tool definitions, passed to the chat template.
-            record: the trajectory this call belongs to (its id and task id are logged).
-            turn: index of this call in the trajectory.
+            recorder: the attempt this call belongs to (it numbers and stores the call).
             model: served model name (default ``config.model_name``).
             **params: request fields overriding the config (temperature, top_p, max_tokens,
                 n, seed, stop, ...).
@@ -230,45 +350,37 @@ class Router:
             The OpenAI-format response; ``choices[0]["token_ids"]`` holds the sampled ids.
 
         Raises:
-            NoServiceAvailableError: no service was UP within ``service_wait_timeout_s``.
-            InferenceRequestError: the call failed (after retries for transient errors).
+            NoServiceAvailableError: no service answered within ``service_wait_timeout_s``.
+            InferenceRequestError: the service refused the request for good (HTTP 4xx).
+            LeaseLostError: the attempt lost its trajectory to a newer one.
         """
         model = model or self.config.model_name
         body = self.build_body(model, messages, tools, params)
-        async with self._redis_slots:
-            step = await self.redis.get(self.step_key)
+        if recorder is not None:
+            recorder.check_lease()
         task = DispatchedSamplingTask(
-            record_id=record.id if record else "",
-            task_id=record.task_id if record else "",
-            turn=turn,
-            status=DispatchStatus.RUNNING,
+            record_id=recorder.record_id if recorder else "",
+            task_id=recorder.task_id if recorder else "",
+            attempt=recorder.number if recorder else 0,
+            turn=recorder.next_turn() if recorder else 0,
+            status=DispatchStatus.PENDING,
             model=model,
-            created_at_step=int(step) if step is not None else 0,
+            created_at_step=await self._global_step(),
             started_at=utcnow(),
         )
+        task.request = await asyncio.to_thread(
+            externalize, body, self.objects, f"dispatch/{task.record_id or 'none'}")
+        self._log(task, recorder)
         started = time.monotonic()
-        service: InferenceService | None = None
-        attempts = 0
         try:
-            retrying = AsyncRetrying(
-                stop=stop_after_attempt(self.config.request_max_attempts),
-                wait=wait_exponential(multiplier=0.2, max=5.0),
-                retry=retry_if_exception(_is_transient),
-                reraise=True,
-            )
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    service = await self.acquire(model)
-                    try:
-                        response = await self._send(service, body)
-                    finally:
-                        await self.release(service)
-        except (InferenceError, asyncio.CancelledError) as exc:
+            response, service = await self._call(model, body, task, recorder)
+        except (Exception, asyncio.CancelledError) as exc:
             task.status = (DispatchStatus.CANCELLED if isinstance(exc, asyncio.CancelledError)
                            else DispatchStatus.FAILED)
             task.error = f"{type(exc).__name__}: {exc}"
-            await self._log(task, body, service, started, attempts)
+            self._finish_log(task, recorder, started)
+            if recorder is None:
+                await self.store.insert(task)
             raise
         ids, logprobs, finish = completion_tokens(response)
         choice = response["choices"][0]
@@ -279,28 +391,77 @@ class Router:
         task.weight_version = str(
             (response.get("metadata") or {}).get("weight_version") or service.weight_version
         )
-        await self._log(task, body, service, started, attempts)
+        self._finish_log(task, recorder, started)
+        if recorder is None:
+            await self.store.insert(task)
         return response
 
-    async def _log(
+    async def _call(
         self,
-        task: DispatchedSamplingTask,
+        model: str,
         body: dict[str, Any],
-        service: InferenceService | None,
-        started: float,
-        attempts: int,
-    ) -> None:
-        """Insert the call's one DispatchedSamplingTask (images moved to the object store)."""
+        task: DispatchedSamplingTask,
+        recorder: CallRecorder | None,
+    ) -> tuple[dict[str, Any], InferenceService]:
+        """Send ``body`` until a service answers (see the module docstring, steps 1-2); the
+        number of tries is kept in ``task.meta["attempts"]``.
+
+        Returns:
+            ``(response, service)``.
+        """
+        deadline = time.monotonic() + self.config.service_wait_timeout_s
+        pause, tries = 0.5, 0
+        while True:
+            service, slot = await self.acquire(model, deadline)
+            tries += 1
+            task.meta["attempts"] = tries
+            if task.status == DispatchStatus.PENDING or task.service_id != service.id:
+                task.status, task.service_id, task.endpoint = (
+                    DispatchStatus.RUNNING, service.id, service.endpoint)
+                self._log(task, recorder)
+            try:
+                response = await self._send(service, body)
+            except InferenceRequestError as exc:
+                if not exc.transient:
+                    raise
+                await self._failed(service, exc)
+                if time.monotonic() >= deadline:
+                    raise NoServiceAvailableError(model, self.config.service_wait_timeout_s
+                                                  ) from exc
+                log.info("call to %s failed (%s); retrying in %.1f s", service.name, exc, pause)
+                await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+                pause = min(pause * 2, BACKOFF_MAX_S)
+                if recorder is not None:
+                    recorder.check_lease()
+                continue
+            finally:
+                await self.release(slot)
+            await self._succeeded(service)
+            return response, service
+
+    @property
+    def objects(self) -> ObjectStore:
+        """The object store for large request fields (opened on first use)."""
         if self._objects is None:
             self._objects = open_object_store(
-                self.config.oss_connection_string, str(self.config.object_store_dir)
-            )
-        prefix = f"dispatch/{task.record_id or 'none'}"
-        task.request = await asyncio.to_thread(externalize, body, self._objects, prefix)
-        if service is not None:
-            task.service_id, task.endpoint = service.id, service.endpoint
-            task.weight_version = task.weight_version or service.weight_version
+                self.config.oss_connection_string, str(self.config.object_store_dir))
+        return self._objects
+
+    async def _global_step(self) -> int:
+        if self._step is not None:
+            return await self._step()
+        value = await self.redis.get(self.keys.global_step)
+        return int(value) if value is not None else 0
+
+    def _log(self, task: DispatchedSamplingTask, recorder: CallRecorder | None) -> None:
+        """Write the call's current state through its attempt (nothing outside one)."""
+        if recorder is not None:
+            task.updated_at = utcnow()
+            recorder.log_call(task)
+
+    def _finish_log(
+        self, task: DispatchedSamplingTask, recorder: CallRecorder | None, started: float
+    ) -> None:
         task.finished_at = utcnow()
         task.latency_s = time.monotonic() - started
-        task.meta["attempts"] = attempts
-        await self.store.insert(task)
+        self._log(task, recorder)

@@ -47,7 +47,7 @@ def register_external_service(
         name=name, endpoint=url.rstrip("/"), models=[model], kind="external",
         status=ServiceStatus.UP, api_key=api_key,
     ).to_mongo()
-    insert_only = ("_id", "created_at", TYPE_FIELD, "running_req_count")
+    insert_only = ("_id", "created_at", TYPE_FIELD)
     on_insert = {key: doc.pop(key) for key in insert_only}
     doc["updated_at"] = utcnow()
     coll = store.collection(InferenceService)

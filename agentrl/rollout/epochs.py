@@ -1,6 +1,6 @@
-"""Epoch pushes and housekeeping: the two periodic jobs beat runs.
+"""Epoch pushes: when the next epoch of a split is pushed, and what it holds.
 
-:func:`push_epoch` turns a dataset into Task documents and sampling claims, one epoch at a time:
+:func:`push_epoch` turns a dataset into Task documents and claims, one epoch at a time:
 
 1. under the Redis lock ``push_epoch:<split>`` (two beats or schedulers never push together),
 2. if the latest epoch of the split is finished (every task COMPLETED) and fewer than
@@ -8,50 +8,45 @@
    ``max_buffered_records`` READY records wait untrained,
 3. it inserts the dataset's Tasks with ``split``, ``epoch``, ``index``, ``added_step`` (one bulk
    insert; ids ``<split>-e<epoch>-<index>`` so a retried push inserts nothing twice), and
-4. enqueues one claim per ``(task, traj_id)`` — ``num_generations`` per train task, 1 otherwise.
+4. opens one claim per ``(task, traj_id)`` — ``num_generations`` per train task, 1 otherwise —
+   through the ledger (:func:`agentrl.rollout.ledger.open_claims`: a ``created`` Record each,
+   then the messages).
 
-The Redis key ``<key_prefix>:pushed:<split>`` holds the last epoch whose claims were all sent; a
-pusher that died between the insert and the sends is completed by the next call.
-
-:func:`requeue_expired` re-sends claims whose lease expired (a dead worker), so recovery waits
-for ``lease_ttl_s``, not for the broker's visibility timeout.
+The run state in MongoDB (:func:`~agentrl.rollout.ledger.pushed_epoch`) holds the last epoch
+whose claims were all sent; a pusher that died between the insert and the sends is completed by
+the next call. Everything after the send is the ledger's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from agentrl.configs import AgentTrainingConfig
-from agentrl.databases import Databases, Record, RecordStatus, Task, TaskStatus, utcnow
+from agentrl.databases import (
+    Databases,
+    DistributedLock,
+    Record,
+    RecordStatus,
+    Task,
+    TaskStatus,
+    utcnow,
+)
 from agentrl.rollout.claims import Claim
-from agentrl.rollout.leases import inflight_key, lease_key
+from agentrl.rollout.ledger import (
+    Enqueue,
+    GlobalStep,
+    RedisKeys,
+    open_claims,
+    pushed_epoch,
+    set_pushed_epoch,
+)
 
 logger = logging.getLogger(__name__)
 
-Enqueue = Callable[[list[Claim]], None]
-"""Sends claims as sampling messages (:func:`agentrl.celery_app.enqueue_claims`)."""
-
 PUSH_LOCK_TTL_S = 300.0
 """Seconds the push lock lives if its holder dies mid-push."""
-
-_REQUEUE = """
-local out = {}
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[1] .. field) == 0 then
-    table.insert(out, redis.call('HGET', KEYS[1], field))
-    redis.call('HDEL', KEYS[1], field)
-  end
-end
-return out
-"""
-
-
-def pushed_key(prefix: str, split: str) -> str:
-    """Redis key of the last epoch of ``split`` whose claims were all sent."""
-    return f"{prefix}:pushed:{split}"
 
 
 def target_epochs(config: AgentTrainingConfig, split: str) -> int:
@@ -120,12 +115,13 @@ def waiting_ready_records(dbs: Databases) -> int:
 
 
 def _claims(dbs: Databases, split: str, epoch: int, sampler: str) -> list[Claim]:
-    """Every unscored claim of ``split``/``epoch`` (from the stored tasks)."""
+    """Every claim of ``split``/``epoch`` without an outcome (from the stored tasks)."""
     claims = []
     for raw in dbs.store.collection(Task).find(
-        {"split": split, "epoch": epoch}, {"num_generations": 1, "scores": 1, "sampler": 1}
+        {"split": split, "epoch": epoch},
+        {"num_generations": 1, "scores": 1, "failed": 1, "sampler": 1},
     ):
-        done = set((raw.get("scores") or {}).keys())
+        done = set(raw.get("scores") or {}) | set(raw.get("failed") or {})
         name = raw.get("sampler") or sampler
         claims += [
             Claim(raw["_id"], t, epoch, split, name)
@@ -156,12 +152,13 @@ def push_epoch(
         TypeError: a dataset item is not a Task.
     """
     config = dbs.config
-    lock = dbs.lock(f"push_epoch:{split}", ttl_s=PUSH_LOCK_TTL_S)
+    lock = DistributedLock(dbs.redis, RedisKeys(config.key_prefix).lock(f"push_epoch:{split}"),
+                           ttl_s=PUSH_LOCK_TTL_S)
     if not lock.acquire(blocking=False):
         return None
     try:
         latest = latest_epoch(dbs, split)
-        pushed = int(dbs.redis.get(pushed_key(config.key_prefix, split)) or 0)
+        pushed = pushed_epoch(dbs, split)
         if latest > pushed:  # an earlier push died between insert and send
             epoch = latest
         else:
@@ -176,8 +173,8 @@ def push_epoch(
             epoch = latest + 1
             _insert_tasks(dbs, split, epoch, dataset, sampler)
         claims = _claims(dbs, split, epoch, sampler)
-        enqueue(claims)
-        dbs.redis.set(pushed_key(config.key_prefix, split), epoch)
+        open_claims(dbs, claims, enqueue)
+        set_pushed_epoch(dbs, split, epoch)
         logger.info("pushed %s epoch %d: %d claims", split, epoch, len(claims))
         return epoch
     finally:
@@ -191,7 +188,7 @@ def _insert_tasks(
     """Insert the dataset's tasks for ``split``/``epoch`` (bulk, idempotent). Returns the count."""
     config = dbs.config
     limit = config.max_train_tasks if split == "train" else 0
-    step = dbs.global_step.get()
+    step = GlobalStep(dbs).get()
     now = utcnow()
     docs = []
     for index, item in iter_dataset(dataset, limit):
@@ -210,19 +207,3 @@ def _insert_tasks(
         })
         docs.append(task)
     return dbs.store.insert_many(docs)  # type: ignore[arg-type]
-
-
-def requeue_expired(dbs: Databases, enqueue: Enqueue) -> int:
-    """Re-send every in-flight claim whose lease expired (its worker died or gave it back).
-
-    Returns:
-        The number of claims re-sent.
-    """
-    prefix = dbs.config.key_prefix
-    script = dbs.redis.register_script(_REQUEUE)
-    payloads = script(keys=[inflight_key(prefix)], args=[lease_key(prefix, "")])
-    claims = [Claim.from_json(json.loads(p)) for p in payloads or []]
-    if claims:
-        logger.warning("re-sending %d claims whose lease expired", len(claims))
-        enqueue(claims)
-    return len(claims)

@@ -1,122 +1,301 @@
-"""Trajectory leases: who is running a trajectory right now, kept alive by a heartbeat.
+"""Expiring leases in Redis, kept alive by one heartbeat per process.
 
-A running trajectory holds ``<key_prefix>:lease:<record_id>`` (value: the holder's token, expiry
-``lease_ttl_s``) and an entry in the hash ``<key_prefix>:inflight`` (record id → the JSON claim that
-restarts it). One :class:`LeaseKeeper` per process extends every lease it holds each
-``heartbeat_interval_s`` in one Redis pipeline. A process killed with SIGKILL stops extending, the
-lease expires, and beat's housekeeping (:func:`agentrl.rollout.epochs.requeue_expired`) sends the
-claim again. A second copy of a message (Redis visibility timeout) finds the live lease and exits.
+A lease is a member of a sorted set whose score is its expiry (Redis server time, milliseconds).
+Two kinds share the mechanism:
+
+- **owned leases** (trajectories, stateful task locks): the member's owner token sits in a hash
+  beside the set, and an optional payload (the JSON claim that restarts a trajectory) in a second
+  hash. Taking one fails while another owner's lease is live; extending one fails once another
+  owner took it over, and the keeper then reports it lost. A member with no owner and a score
+  in the past or near future is a claim waiting to be re-sent (see
+  :meth:`LeaseKeeper.hand_back`); :func:`take_expired` collects those whose time has come.
+- **slots** (requests running on an inference service): a member per request, no owner. The
+  number of live members of a service's set is its load; a killed worker's slots stop counting
+  when they expire.
+
+One :class:`LeaseKeeper` per process extends everything it holds every ``interval_s`` in one
+Redis pipeline, so the Redis work of the heartbeat grows with the leases held, not with time.
+The key names come from :class:`agentrl.rollout.ledger.RedisKeys`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import redis
 import redis.asyncio as aioredis
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-_EXTEND = """
-local v = redis.call('GET', KEYS[1])
-if v == false or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[3]) end
-  return 1
-end
-return 0
-"""
-"""Extend our lease (or retake it if it lapsed and is free) and keep the inflight entry."""
+_NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-if ARGV[2] ~= '' then redis.call('HDEL', KEYS[2], ARGV[2]) end
+_ACQUIRE = _NOW + """
+local exp = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local owner = redis.call('HGET', KEYS[2], ARGV[1])
+if exp and tonumber(exp) > now and owner then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
 return 1
 """
+"""Take an owned lease unless a live one exists, ours included: two trajectories of one process
+exclude each other too (KEYS: set, owners, payloads)."""
+
+_EXTEND = _NOW + """
+local out = {}
+for i = 3, #ARGV, 2 do
+  local owner = redis.call('HGET', KEYS[2], ARGV[i])
+  if owner == ARGV[1] or not owner then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
+    if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+    table.insert(out, 1)
+  else
+    table.insert(out, 0)
+  end
+end
+return out
+"""
+"""Extend owned leases (retaking those nobody owns: Redis lost them, or housekeeping handed them
+out and no new owner started yet); 0 for the ones another owner holds now."""
+
+_RELEASE = _NOW + """
+if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+end
+return 1
+"""
+"""Give an owned lease up: forget it, or (ARGV[3] = delay, ms) leave its payload, due for
+re-sending after the delay."""
+
+_TAKE_EXPIRED = _NOW + """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+for _, m in ipairs(members) do
+  local payload = redis.call('HGET', KEYS[3], m)
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('HDEL', KEYS[2], m)
+  redis.call('HDEL', KEYS[3], m)
+  if payload then table.insert(out, payload) end
+end
+return out
+"""
+"""Remove up to ARGV[1] lapsed members and return their payloads (work ∝ what expired)."""
+
+_TAKE_SLOT = _NOW + """
+local n = tonumber(ARGV[3])
+if ARGV[4] ~= '' then redis.call('ZREM', KEYS[n + 1], ARGV[4]) end
+local best, best_load = 0, -1
+for i = 1, n do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  local load = redis.call('ZCARD', KEYS[i])
+  if best_load < 0 or load < best_load then best, best_load = i, load end
+end
+if best > 0 then redis.call('ZADD', KEYS[best], now + tonumber(ARGV[2]), ARGV[1]) end
+return {best, best_load}
+"""
+"""Take a slot on the least-loaded of the first ARGV[3] KEYS (each a service's set of running
+requests), giving back a previous slot (member ARGV[4] of KEYS[n + 1]) in the same round trip."""
+
+_EXTEND_SLOTS = _NOW + """
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[1]), ARGV[i + 1]) end
+return #KEYS
+"""
+
+_LOADS = _NOW + """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('ZCOUNT', key, now, '+inf') end
+return out
+"""
+"""Live members of each set (a service's running requests)."""
 
 
-def lease_key(prefix: str, name: str) -> str:
-    """The Redis key of the lease ``name`` under ``prefix``."""
-    return f"{prefix}:lease:{name}"
+@dataclass(frozen=True)
+class OwnedSet:
+    """The three keys of a family of owned leases.
+
+    Attributes:
+        leases: sorted set member → expiry (ms).
+        owners: hash member → owner token.
+        payloads: hash member → JSON payload (the claim), kept until the member is forgotten.
+    """
+
+    leases: str
+    owners: str
+    payloads: str
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys in the order the scripts take them."""
+        return [self.leases, self.owners, self.payloads]
 
 
-def inflight_key(prefix: str) -> str:
-    """The Redis hash of in-flight claims (record id → JSON claim) under ``prefix``."""
-    return f"{prefix}:inflight"
+def take_expired(client: redis.Redis, owned: OwnedSet, limit: int = 1000) -> list[str]:
+    """Remove lapsed leases and due hand-backs of ``owned``; returns their payloads (sync).
+
+    Used by housekeeping: its Redis work grows with the number expired, not with the number held.
+    """
+    result = client.eval(_TAKE_EXPIRED, 3, *owned.keys, limit)
+    return [p.decode() if isinstance(p, bytes) else str(p) for p in result or []]
+
+
+def owned_members(client: redis.Redis, owned: OwnedSet) -> set[str]:
+    """Members of ``owned`` that have an owner now (held by a live or lapsing process)."""
+    return {m.decode() if isinstance(m, bytes) else str(m) for m in client.hkeys(owned.owners)}
+
+
+def slot_loads(client: redis.Redis, keys: list[str]) -> list[int]:
+    """Live members of each slot set in ``keys`` (sync; ``agentrl status``)."""
+    if not keys:
+        return []
+    return [int(n) for n in client.eval(_LOADS, len(keys), *keys)]
 
 
 class LeaseKeeper:
-    """Holds leases for one process and extends them with a heartbeat.
+    """Holds one process's leases and slots and extends them with a heartbeat.
 
     Args:
-        redis: an asyncio redis client (``decode_responses=True``).
-        prefix: the run's ``key_prefix``.
-        ttl_s: lease lifetime without a heartbeat, in seconds.
-        interval_s: seconds between heartbeats (should be well under ``ttl_s``).
+        redis: an asyncio Redis client.
+        ttl_s: lifetime of a lease or slot without a heartbeat, in seconds.
+        interval_s: seconds between heartbeats (at most a third of ``ttl_s``).
+        on_lost: called with ``(owned, member)`` when a heartbeat finds that another owner took
+            an owned lease over (the holder must stop).
     """
 
     def __init__(
-        self, redis: aioredis.Redis, prefix: str, ttl_s: float, interval_s: float
+        self,
+        redis: aioredis.Redis,
+        ttl_s: float,
+        interval_s: float,
+        on_lost: Callable[[OwnedSet, str], None] | None = None,
     ) -> None:
-        self.redis, self.prefix = redis, prefix
+        self.redis = redis
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.interval_s = min(interval_s, ttl_s / 3)
         self.token = uuid.uuid4().hex
-        self._held: dict[str, tuple[str, str]] = {}  # lease key -> (inflight field, claim json)
+        self.on_lost = on_lost
+        self._owned: dict[tuple[OwnedSet, str], str] = {}  # (set, member) -> payload
+        self._slots: dict[str, str] = {}  # member -> slot set key
         self._task: asyncio.Task[None] | None = None
+        self._acquire = redis.register_script(_ACQUIRE)
         self._extend = redis.register_script(_EXTEND)
         self._release = redis.register_script(_RELEASE)
+        self._take_slot = redis.register_script(_TAKE_SLOT)
+        self._extend_slots = redis.register_script(_EXTEND_SLOTS)
+        self._loads = redis.register_script(_LOADS)
 
-    async def acquire(self, name: str, claim: dict[str, Any] | None = None) -> bool:
-        """Take the lease ``name`` if nobody holds it.
+    # --- owned leases ----------------------------------------------------------------------------
+
+    async def acquire(self, owned: OwnedSet, member: str, payload: str = "") -> bool:
+        """Take the lease ``member`` of ``owned`` unless a live lease on it exists.
 
         Args:
-            name: the lease name (a record id, or ``task:<id>`` for a task lock).
-            claim: the JSON-able claim that restarts the trajectory; stored in the inflight hash
-                so housekeeping can re-enqueue it when the lease expires.
+            owned: the lease family.
+            member: the lease name (a record id, a task id).
+            payload: kept beside the lease until it is forgotten (the claim that restarts it).
 
         Returns:
-            Whether this process now holds the lease.
+            Whether this process holds it now.
         """
-        key = lease_key(self.prefix, name)
-        if not await self.redis.set(key, self.token, nx=True, px=self.ttl_ms):
+        ok = await self._acquire(keys=owned.keys, args=[member, self.token, self.ttl_ms, payload])
+        if not ok:
             return False
-        field, payload = (name, json.dumps(claim)) if claim is not None else ("", "")
-        if payload:
-            await self.redis.hset(inflight_key(self.prefix), field, payload)
-        self._held[key] = (field, payload)
+        self._owned[(owned, member)] = payload
         self._ensure_heartbeat()
         return True
 
-    async def release(self, name: str) -> None:
-        """Give the lease ``name`` up and drop its inflight entry (idempotent)."""
-        key = lease_key(self.prefix, name)
-        field, _ = self._held.pop(key, ("", ""))
-        await self._release(keys=[key, inflight_key(self.prefix)], args=[self.token, field])
+    async def release(self, owned: OwnedSet, member: str, due_in_s: float | None = None) -> bool:
+        """Give the lease ``member`` up.
 
-    def holds(self, name: str) -> bool:
-        """Whether this keeper holds the lease ``name`` (as far as it knows)."""
-        return lease_key(self.prefix, name) in self._held
+        Args:
+            owned: the lease family.
+            member: the lease name.
+            due_in_s: ``None`` forgets the lease and its payload; a number keeps the payload
+                with no owner, due for re-sending that many seconds from now (0: at once).
+
+        Returns:
+            Whether this process still held it.
+        """
+        self._owned.pop((owned, member), None)
+        delay = "" if due_in_s is None else str(max(0, int(due_in_s * 1000)))
+        return bool(await self._release(keys=owned.keys, args=[self.token, member, delay]))
+
+    def holds(self, owned: OwnedSet, member: str) -> bool:
+        """Whether this keeper holds ``member`` (as far as the last heartbeat knows)."""
+        return (owned, member) in self._owned
+
+    # --- slots -----------------------------------------------------------------------------------
+
+    async def take_slot(
+        self, candidates: list[str], give_back: str | None = None
+    ) -> tuple[int, str]:
+        """Take a slot on the least-loaded set of ``candidates`` (one round trip).
+
+        Args:
+            candidates: slot set keys (one per inference service), at least one.
+            give_back: a slot member this process holds, released in the same round trip.
+
+        Returns:
+            ``(index, member)``: the index into ``candidates`` of the set the slot was taken on
+            (ties: the first) and the slot's member id (give it to :meth:`drop_slot`).
+        """
+        member = uuid.uuid4().hex
+        back_key = self._slots.pop(give_back, None) if give_back else None
+        keys = [*candidates, back_key] if back_key else list(candidates)
+        best, _ = await self._take_slot(
+            keys=keys, args=[member, self.ttl_ms, len(candidates), give_back if back_key else ""])
+        self._slots[member] = candidates[int(best) - 1]
+        self._ensure_heartbeat()
+        return int(best) - 1, member
+
+    async def drop_slot(self, member: str) -> None:
+        """Release a slot taken with :meth:`take_slot` (idempotent)."""
+        key = self._slots.pop(member, None)
+        if key is not None:
+            await self.redis.zrem(key, member)
+
+    async def loads(self, keys: list[str]) -> list[int]:
+        """Live slots of each set in ``keys`` (one round trip)."""
+        if not keys:
+            return []
+        return [int(n) for n in await self._loads(keys=keys, args=[])]
+
+    # --- heartbeat -------------------------------------------------------------------------------
 
     async def beat(self) -> None:
-        """Extend every held lease once (one pipeline)."""
-        if not self._held:
+        """Extend every held lease and slot once (one pipeline); report leases taken over."""
+        by_set: dict[OwnedSet, list[tuple[str, str]]] = {}
+        for (owned, member), payload in list(self._owned.items()):
+            by_set.setdefault(owned, []).append((member, payload))
+        slots = list(self._slots.items())
+        if not by_set and not slots:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key, (field, payload) in list(self._held.items()):
-                await self._extend(
-                    keys=[key, inflight_key(self.prefix)],
-                    args=[self.token, self.ttl_ms, payload, field],
-                    client=pipe,
-                )
+            for owned, members in by_set.items():
+                args: list[str | int] = [self.token, self.ttl_ms]
+                for member, payload in members:
+                    args += [member, payload]
+                await self._extend(keys=owned.keys, args=args, client=pipe)
+            if slots:
+                await self._extend_slots(keys=[k for _, k in slots],
+                                         args=[self.ttl_ms, *[m for m, _ in slots]], client=pipe)
             results = await pipe.execute()
-        for key, ok in zip(list(self._held), results, strict=False):
-            if not ok:
-                logger.warning("lease %s was taken over by another holder", key)
+        for (owned, members), flags in zip(by_set.items(), results, strict=False):
+            for (member, _), ok in zip(members, flags, strict=False):
+                if not ok and self._owned.pop((owned, member), None) is not None:
+                    log.warning("lease %s was taken over by another holder", member)
+                    if self.on_lost is not None:
+                        self.on_lost(owned, member)
 
     def _ensure_heartbeat(self) -> None:
         if self._task is None or self._task.done():
@@ -128,14 +307,18 @@ class LeaseKeeper:
             try:
                 await self.beat()
             except Exception:  # noqa: BLE001 - a heartbeat must survive a Redis hiccup
-                logger.exception("lease heartbeat failed")
+                log.warning("lease heartbeat failed; retrying", exc_info=True)
 
     async def aclose(self) -> None:
-        """Stop the heartbeat and release every lease still held."""
+        """Stop the heartbeat and release every lease and slot still held."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for key in list(self._held):
-            await self.release(key.removeprefix(f"{self.prefix}:lease:"))
+        for owned, member in list(self._owned):
+            with contextlib.suppress(Exception):
+                await self.release(owned, member)
+        for member in list(self._slots):
+            with contextlib.suppress(Exception):
+                await self.drop_slot(member)

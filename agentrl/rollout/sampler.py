@@ -4,63 +4,54 @@ Subclass :class:`AsyncSampler`, write ``async def run(self)`` (the trajectory: L
 ``await self.create_chat_completions(messages, tools=None, **kw)``) and
 ``async def evaluate_record(self, record) -> float``, then::
 
-    async with MySampler(cfg) as sampler:   # claims a trajectory, creates its Record
+    async with MySampler(cfg) as sampler:   # claims a trajectory, starts an attempt
         await sampler.run()                 # on exit: scored, pushed into the task, group READY
 
 Entering claims a trajectory — the one a sampling message names (``claim=``), or any unsampled
-one of ``split`` — under a lease (:mod:`agentrl.rollout.leases`), or raises
+one of ``split`` — under a lease, and starts its next attempt; it raises
 :class:`~agentrl.errors.NoTaskAvailableError` (its leaves :class:`TrajectoryLeasedError` for a
 copy whose first delivery still runs and :class:`TrajectoryFinishedError` for a late
-redelivery). Leaving scores the Record with :meth:`evaluate_record` (an exception there scores 0
-and is logged), writes it, pushes the score into the task and, when all ``num_generations`` of the
-group are scored, marks the group READY (ABANDONED without spread) — see
-:mod:`agentrl.rollout.claims`. An exception in ``run`` is logged and kept in :attr:`failed`; with
-``resample_error_records`` the claim goes back (beat's housekeeping re-sends it) until
-``max_sample_attempts``, after which the trajectory scores 0.
+redelivery). Leaving scores the Record with :meth:`evaluate_record` and hands it to the ledger.
+An exception in ``run`` or ``evaluate_record`` is kept in :attr:`failed` and handed to the
+ledger, which classifies it and starts the trajectory again or fails it
+(:mod:`agentrl.rollout.ledger`). What a sampler leaves in ``record.meta`` must be storable:
+numpy numbers and arrays become plain numbers and lists, values over
+``externalize_threshold_bytes`` go to the object store, anything else BSON cannot hold fails the
+attempt as ``invalid_output`` (:mod:`agentrl.rollout.storable`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
+import time
 from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
-from pymongo import ReturnDocument
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
+    RUN_STATE_ID,
     AsyncMongoStore,
-    DispatchedSamplingTask,
-    DispatchStatus,
     Record,
-    RecordStatus,
+    RunState,
     Task,
-    TaskStatus,
     mongo_uri,
-    utcnow,
 )
-from agentrl.databases.connections import GLOBAL_STEP
+from agentrl.databases.objectstore import open_object_store
 from agentrl.errors import (
+    LeaseLostError,
     NoTaskAvailableError,
     RolloutError,
     TrajectoryFinishedError,
     TrajectoryLeasedError,
 )
 from agentrl.inference.routing import Router
-from agentrl.rollout.claims import (
-    FINISHED_RECORD_STATUSES,
-    Claim,
-    complete_group,
-    push_score,
-    start_task,
-    write_record,
-)
-from agentrl.rollout.leases import LeaseKeeper
+from agentrl.rollout.claims import Claim
+from agentrl.rollout.ledger import Attempt, Enqueue, TrajectoryLedger
 from agentrl.rollout.registry import sampler_name_of
 
 logger = logging.getLogger(__name__)
@@ -77,14 +68,12 @@ REDIS_POOL_TIMEOUT_S = 60.0
 STATEFUL_POLL_S = 0.2
 """Seconds between tries of a stateful task's lock."""
 
-
-def attempts_key(prefix: str) -> str:
-    """Redis hash counting starts per trajectory (record id → attempts)."""
-    return f"{prefix}:attempts"
+STEP_REFRESH_S = 0.5
+"""Seconds a process reuses the global step it read (calls record it as ``created_at_step``)."""
 
 
 class SamplerContext:
-    """Process-wide resources of samplers: MongoDB, Redis, leases, router, a task cache.
+    """Process-wide resources of samplers: MongoDB, Redis, the ledger, router, a task cache.
 
     A sampling worker process opens one and passes it to every sampler it runs (many
     trajectories share one event loop); a sampler used on its own opens and closes its own.
@@ -93,21 +82,26 @@ class SamplerContext:
         config: the run configuration.
         store: async MongoDB store (created in the running event loop).
         redis: asyncio Redis client with ``decode_responses=True``.
+        enqueue: sends claims back to the broker (retries, shutdown); ``None``: housekeeping.
     """
 
     def __init__(
-        self, config: AgentTrainingConfig, store: AsyncMongoStore, redis: aioredis.Redis
+        self,
+        config: AgentTrainingConfig,
+        store: AsyncMongoStore,
+        redis: aioredis.Redis,
+        enqueue: Enqueue | None = None,
     ) -> None:
         self.config, self.store, self.redis = config, store, redis
-        self.leases = LeaseKeeper(
-            redis, config.key_prefix, config.lease_ttl_s, config.heartbeat_interval_s
-        )
+        objects = open_object_store(config.oss_connection_string, str(config.object_store_dir))
+        self.ledger = TrajectoryLedger(config, store, redis, objects, enqueue)
         self._router: Router | None = None
         self._tasks: collections.OrderedDict[str, asyncio.Future[dict[str, Any] | None]] = (
             collections.OrderedDict())
+        self._step, self._step_read_at = 0, -1.0
 
     @classmethod
-    def open(cls, config: AgentTrainingConfig) -> SamplerContext:
+    def open(cls, config: AgentTrainingConfig, enqueue: Enqueue | None = None) -> SamplerContext:
         """Connect to MongoDB (the embedded server when no URI is set) and Redis.
 
         Call from inside the event loop that will use the context.
@@ -119,12 +113,18 @@ class SamplerContext:
             config.redis_url, decode_responses=True, max_connections=REDIS_MAX_CONNECTIONS,
             timeout=REDIS_POOL_TIMEOUT_S,
         )
-        return cls(config, store, aioredis.Redis(connection_pool=pool))
+        return cls(config, store, aioredis.Redis(connection_pool=pool), enqueue)
 
-    async def router(self) -> Router:
+    @property
+    def leases(self) -> Any:
+        """The process's lease keeper (the ledger's)."""
+        return self.ledger.leases
+
+    def router(self) -> Router:
         """The shared :class:`~agentrl.inference.routing.Router` (created on first use)."""
         if self._router is None:
-            self._router = Router(self.config, self.store, self.redis)
+            self._router = Router(self.config, self.store, self.redis, self.ledger.leases,
+                                  step=self.global_step)
         return self._router
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
@@ -135,7 +135,7 @@ class SamplerContext:
         """
         pending = self._tasks.get(task_id)
         if pending is None:
-            pending = asyncio.ensure_future(start_task(self.store, task_id))
+            pending = asyncio.ensure_future(self.ledger.load_task(task_id))
             self._tasks[task_id] = pending
             while len(self._tasks) > TASK_CACHE_SIZE:
                 self._tasks.popitem(last=False)
@@ -149,13 +149,21 @@ class SamplerContext:
         return raw
 
     async def global_step(self) -> int:
-        """The trainer's global step (Redis counter ``<key_prefix>:counter:global_step``)."""
-        value = await self.redis.get(f"{self.config.key_prefix}:counter:{GLOBAL_STEP}")
-        return int(value) if value is not None else 0
+        """The trainer's global step, read at most every :data:`STEP_REFRESH_S` seconds (the
+        Redis cache, or MongoDB's run state when Redis lost it)."""
+        now = time.monotonic()
+        if now - self._step_read_at >= STEP_REFRESH_S:
+            value = await self.redis.get(self.ledger.keys.global_step)
+            if value is None:
+                raw = await self.store.collection(RunState).find_one(
+                    {"_id": RUN_STATE_ID}, {"global_step": 1})
+                value = (raw or {}).get("global_step") or 0
+            self._step, self._step_read_at = int(value), now
+        return self._step
 
     async def aclose(self) -> None:
         """Release leases, close the router and the connections."""
-        await self.leases.aclose()
+        await self.ledger.aclose()
         if self._router is not None:
             await self._router.aclose()
         await self.store.close()
@@ -193,8 +201,8 @@ class AsyncSampler(ABC):
         self._context, self._own_context = context, context is None
         self.task: Task | None = None
         self.record: Record | None = None
+        self.attempt: Attempt | None = None
         self.failed: BaseException | None = None
-        self._turn = 0
 
     @property
     def context(self) -> SamplerContext:
@@ -228,7 +236,7 @@ class AsyncSampler(ABC):
     async def create_chat_completions(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **kw: Any
     ) -> dict[str, Any]:
-        """One LLM call through the router; it logs a DispatchedSamplingTask for this record.
+        """One LLM call through the router, logged as a DispatchedSamplingTask of this attempt.
 
         Args:
             messages: OpenAI chat messages.
@@ -237,11 +245,16 @@ class AsyncSampler(ABC):
 
         Returns:
             The OpenAI-format response dict (token ids and logprobs included).
+
+        Raises:
+            LeaseLostError: a newer attempt holds the trajectory (this copy must stop).
         """
-        router = await self.context.router()
-        turn, self._turn = self._turn, self._turn + 1
-        return await router.create_chat_completion(
-            messages, tools, record=self.record, turn=turn, **kw
+        if self.attempt is None:
+            raise RuntimeError("enter the sampler with `async with` first")
+        if self.claim is not None and self.claim.model and "model" not in kw:
+            kw["model"] = self.claim.model
+        return await self.context.router().create_chat_completion(
+            messages, tools, recorder=self.attempt, **kw
         )
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -250,17 +263,26 @@ class AsyncSampler(ABC):
         if self._context is None:
             self._context = SamplerContext.open(self.config)
         try:
+            ledger = self.context.ledger
             if self.claim is None:
                 self.claim = await self._find_claim()
-            elif not await self.context.leases.acquire(
-                self.claim.record_id, self.claim.to_json()
-            ):
+            elif not ledger.holds(self.claim) and not await ledger.acquire(self.claim):
                 raise TrajectoryLeasedError(self.claim.record_id)
             try:
-                await self._start()
-            except BaseException:
+                self.attempt = await ledger.start(
+                    self.claim, self.record_class, await self.context.global_step())
+                self.record = self.attempt.record
+                raw = await self._load_task(self.claim.task_id)
+                self.task = Task.from_mongo(raw)
+            except BaseException as exc:
                 await self._release_task()
-                await self.context.leases.release(self.claim.record_id)
+                if self.attempt is not None:
+                    await self._give_up(exc)
+                elif not isinstance(exc, TrajectoryFinishedError):
+                    # the attempt could not even start (MongoDB down past the outage
+                    # timeout...): keep the claim, due again after a backoff
+                    await asyncio.shield(ledger.resend(
+                        self.claim, self.config.infrastructure_retry_backoff_s))
                 raise
         except BaseException:
             await self._close_context()
@@ -273,126 +295,73 @@ class AsyncSampler(ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        claim = self.claim
-        if claim is None:  # pragma: no cover - __aenter__ failed
+        attempt = self.attempt
+        if attempt is None:  # pragma: no cover - __aenter__ failed
             return False
-        keep_claim = False
         try:
-            await self._save_task_state()
             if exc is None:
-                await self._finish(await self._score(), error=None)
-            elif isinstance(exc, Exception):
-                self.failed = exc
-                keep_claim = await self._fail(exc)
-            else:  # cancelled / interrupted: the claim stays inflight for housekeeping
-                keep_claim = True
+                await self._finish(attempt)
+            else:
+                try:
+                    await self._save_task_state()
+                except Exception:  # noqa: BLE001 - the attempt's own failure is what counts
+                    logger.exception("could not store the state of task %s", attempt.task_id)
+                await self._give_up(exc)
         finally:
             try:
                 await self._release_task()
             finally:
-                await self.context.leases.release(claim.record_id)
-                if keep_claim:
-                    await self._restore_inflight(claim)
                 await self._close_context()
         return exc is None or isinstance(exc, Exception)
 
-    async def _start(self) -> None:
-        claim, ctx = self.claim, self.context
-        if claim is None:  # pragma: no cover - set by __aenter__
-            raise NoTaskAvailableError("no claim")
-        attempt = int(await ctx.redis.hincrby(attempts_key(ctx.config.key_prefix),
-                                              claim.record_id, 1))
-        if attempt > 1:
-            existing = await ctx.store.collection(Record).find_one({"_id": claim.record_id})
-            if existing is not None and existing.get("status") in FINISHED_RECORD_STATUSES:
-                # the first copy wrote the record and died before (or after) pushing the score
-                task = await push_score(ctx.store, claim.task_id, claim.traj_id,
-                                        float(existing.get("score") or 0.0))
-                if task is not None:
-                    await complete_group(ctx.store, task)
-                raise TrajectoryFinishedError(claim.record_id, str(existing.get("status")))
-            await ctx.store.collection(DispatchedSamplingTask).update_many(
-                {"record_id": claim.record_id},
-                {"$set": {"status": DispatchStatus.CANCELLED.value, "updated_at": utcnow()}},
-            )
-        raw = await self._load_task(claim.task_id)
-        self.task = Task.from_mongo(raw)
-        self.record = self.record_class(
-            id=claim.record_id,
-            task_id=claim.task_id,
-            traj_id=claim.traj_id,
-            epoch=claim.epoch,
-            split=claim.split,
-            status=RecordStatus.RUNNING,
-            attempts=attempt,
-            created_at_step=await ctx.global_step(),
-        )
-
-    async def _score(self) -> float:
-        record = self.record
-        if record is None:  # pragma: no cover - set by _start
-            return 0.0
-        record.status = RecordStatus.SCORING
+    async def _finish(self, attempt: Attempt) -> None:
+        """Score and store the trajectory; a failure of either goes to :meth:`_give_up`."""
+        record = attempt.record
         try:
-            return float(await self.evaluate_record(record))
-        except Exception as exc:  # noqa: BLE001 - the guide: a failing evaluation scores 0
-            logger.exception("evaluate_record failed for record %s; scored 0", record.id)
-            record.error = f"evaluate_record: {type(exc).__name__}: {exc}"
-            return 0.0
+            await self._save_task_state()
+            async with attempt.scoring():
+                score = float(await self.evaluate_record(record))
+            await attempt.complete(score)
+        except LeaseLostError as exc:
+            logger.warning("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - classified and recorded by the ledger
+            await self._give_up(exc)
 
-    async def _finish(self, score: float, error: str | None) -> None:
-        record, claim, ctx = self.record, self.claim, self.context
-        if record is None or claim is None:  # pragma: no cover
+    async def _give_up(self, exc: BaseException) -> None:
+        """Hand an attempt that ended with ``exc`` to the ledger (retry or FAILED)."""
+        attempt = self.attempt
+        if attempt is None:  # pragma: no cover
             return
-        record.score, record.status = score, RecordStatus.SCORED
-        if error:
-            record.error = error
-        await write_record(ctx.store, record)
-        task = await push_score(ctx.store, claim.task_id, claim.traj_id, score)
-        if task is not None:
-            await complete_group(ctx.store, task)
-
-    async def _fail(self, exc: Exception) -> bool:
-        """Record a failed run. Returns True when the claim goes back for another attempt."""
-        record = self.record
-        if record is None:  # pragma: no cover
-            return False
-        message = f"{type(exc).__name__}: {exc}"
-        logger.error("trajectory %s failed (attempt %d): %s", record.id, record.attempts, message,
-                     exc_info=exc)
-        if self.config.resample_error_records and record.attempts < self.config.max_sample_attempts:
-            record.status, record.error = RecordStatus.FAILED, message
-            await write_record(self.context.store, record)
-            return True
-        await self._finish(0.0, error=message)
-        return False
-
-    async def _restore_inflight(self, claim: Claim) -> None:
-        """Leave the claim in the inflight hash with no lease: housekeeping re-sends it."""
-        ctx = self.context
-        await ctx.redis.hset(f"{ctx.config.key_prefix}:inflight", claim.record_id,
-                             json.dumps(claim.to_json()))
+        if isinstance(exc, LeaseLostError) or attempt.lost:
+            logger.warning("trajectory %s attempt %d stopped: a newer attempt holds it",
+                           attempt.record_id, attempt.number)
+            await self.context.ledger.release(attempt.claim)
+            return
+        try:
+            if isinstance(exc, Exception):
+                self.failed = exc
+                await attempt.fail(exc)
+            else:  # cancelled (shutdown) or interrupted: not the trajectory's fault
+                await asyncio.shield(attempt.hand_back(
+                    f"the worker stopped during attempt {attempt.number} "
+                    f"({type(exc).__name__})"))
+        except LeaseLostError as lost:
+            logger.warning("%s", lost)
+            await self.context.ledger.release(attempt.claim)
 
     async def _find_claim(self) -> Claim:
         """Claim any unsampled trajectory of ``self.split`` (used without a message).
 
         Raises:
-            NoTaskAvailableError: every trajectory of the split is scored or leased.
+            NoTaskAvailableError: every trajectory of the split is started or done.
         """
-        ctx = self.context
+        ledger = self.context.ledger
         name = sampler_name_of(type(self))
-        cursor = ctx.store.collection(Task).find(
-            {"split": self.split, "status": {"$ne": TaskStatus.COMPLETED.value}},
-            {"_id": 1, "epoch": 1, "num_generations": 1, "scores": 1},
-        ).sort([("epoch", 1), ("index", 1)]).limit(256)
-        async for raw in cursor:
-            done = set((raw.get("scores") or {}).keys())
-            for traj_id in range(int(raw.get("num_generations", 1))):
-                if str(traj_id) in done:
-                    continue
-                claim = Claim(raw["_id"], traj_id, int(raw.get("epoch", 0)), self.split, name)
-                if await ctx.leases.acquire(claim.record_id, claim.to_json()):
-                    return claim
+        for claim in await ledger.unsampled_claims(self.split):
+            if claim.sampler and claim.sampler != name:
+                continue
+            if await ledger.acquire(claim):
+                return claim
         raise NoTaskAvailableError(f"no unsampled trajectory in split {self.split!r}")
 
     async def _close_context(self) -> None:
@@ -436,34 +405,21 @@ class StatefulSampler(AsyncSampler, ABC):
     async def _load_task(self, task_id: str) -> dict[str, Any]:
         """Take the task's lock (waiting for the running trajectory of the task), then load the
         task fresh (with the state the previous trajectory left) and mark it RUNNING."""
-        ctx = self.context
-        while not await ctx.leases.acquire(f"task:{task_id}"):
-            await asyncio.sleep(STATEFUL_POLL_S)
+        ledger = self.context.ledger
+        await ledger.lock_task(task_id, STATEFUL_POLL_S)
         self._task_locked = True
-        raw = await ctx.store.collection(Task).find_one_and_update(
-            {"_id": task_id, "status": {"$ne": TaskStatus.COMPLETED.value}},
-            {"$set": {"status": TaskStatus.RUNNING.value, "updated_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if raw is None:
-            raw = await ctx.store.collection(Task).find_one({"_id": task_id})
+        raw = await ledger.load_task_fresh(task_id)
         if raw is None:
             raise NoTaskAvailableError(f"task {task_id} does not exist")
         return raw
 
     async def _save_task_state(self) -> None:
         """Store ``self.task.state`` and mark the task WAITING (before the score completes it)."""
-        task = self.task
-        if task is None:  # pragma: no cover - __aenter__ failed
-            return
-        await self.context.store.collection(Task).update_one(
-            {"_id": task.id, "status": {"$ne": TaskStatus.COMPLETED.value}},
-            {"$set": {"state": task.state, "status": TaskStatus.WAITING.value,
-                      "updated_at": utcnow()}},
-        )
+        if self.task is not None:
+            await self.context.ledger.save_task_state(self.task.id, self.task.state)
 
     async def _release_task(self) -> None:
         """Release the task's lock so its next trajectory starts."""
         if self._task_locked and self.claim is not None:
             self._task_locked = False
-            await self.context.leases.release(f"task:{self.claim.task_id}")
+            await self.context.ledger.unlock_task(self.claim.task_id)

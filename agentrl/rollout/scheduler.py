@@ -9,9 +9,10 @@ The AgentRL guide's example runs unchanged::
 ``run`` pushes epochs of the torch ``Dataset``/``IterableDataset`` of Tasks with
 :func:`~agentrl.rollout.epochs.push_epoch` (under the distributed lock, so several schedulers or a
 beat push each epoch once), dispatches the claims through the same Celery queues workers consume,
-re-sends claims whose lease expired, and blocks until every configured epoch is sampled. When no
-worker answers a ping it runs an in-process worker (the ``threads`` pool feeding one event loop),
-so the example works on one machine with no other command. A worker started elsewhere must import
+runs the ledger's housekeeping (claims whose lease lapsed, due retries), and blocks until every
+configured epoch is sampled. When no worker answers a ping it runs an in-process worker (the
+``threads`` pool feeding one event loop), so the example works on one machine with no other
+command. A worker started elsewhere must import
 the sampler (config ``sampler_modules``) to resolve its registered name.
 """
 
@@ -25,17 +26,19 @@ from typing import Any
 
 from celery.contrib.testing.worker import start_worker
 
-import workers.sampling  # registers the sampling job on every app
 from agentrl.celery_app import (
     EVALUATION_QUEUE,
+    HANDOFF_THREADS,
     SAMPLING_QUEUE,
     enqueue_claims,
     make_app,
 )
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import init_databases
-from agentrl.rollout.epochs import push_epoch, requeue_expired, split_done
+from agentrl.rollout.epochs import push_epoch, split_done
+from agentrl.rollout.ledger import housekeep
 from agentrl.rollout.registry import sampler_name_of
+from agentrl.rollout.runtime import close_runtime
 from agentrl.rollout.sampler import AsyncSampler
 
 logger = logging.getLogger(__name__)
@@ -103,10 +106,11 @@ class SamplingScheduler:
             if use_worker is None:
                 use_worker = not self.workers_alive()
             if use_worker:
-                stack.callback(workers.sampling.close_runtime, self.app)
+                self.app.loader.import_default_modules()  # the jobs (config ``imports``)
+                stack.callback(close_runtime, self.app)
                 stack.enter_context(start_worker(
                     self.app, pool="threads",
-                    concurrency=self.config.max_concurrent_samples_per_process,
+                    concurrency=HANDOFF_THREADS,
                     perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30.0,
                     queues=[SAMPLING_QUEUE, EVALUATION_QUEUE],
                 ))
@@ -118,7 +122,7 @@ class SamplingScheduler:
                     return self.epochs_pushed
                 now = time.monotonic()
                 if now - last_housekeeping >= self.config.housekeeping_interval_s:
-                    requeue_expired(dbs, enqueue)
+                    housekeep(dbs, enqueue)
                     last_housekeeping = now
                 if self.timeout_s is not None and now - start > self.timeout_s:
                     raise TimeoutError(

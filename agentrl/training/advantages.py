@@ -13,16 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-SPREAD_TOLERANCE = 1e-8
-"""Scores closer than this count as equal (no spread)."""
+from agentrl.rollout.ledger import has_spread
+
+__all__ = ["STD_EPSILON", "group_advantages", "has_spread"]
 
 STD_EPSILON = 1e-4
 """Added to the std before dividing, so a tiny spread does not explode."""
-
-
-def has_spread(scores: Sequence[float]) -> bool:
-    """Whether the group's scores are not all equal (it carries a GRPO signal)."""
-    return len(scores) > 1 and (max(scores) - min(scores)) > SPREAD_TOLERANCE
 
 
 def group_advantages(

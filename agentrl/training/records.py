@@ -1,27 +1,38 @@
-"""Taking READY records for training: whole groups, atomically, with their advantages.
+"""Taking READY records for training: whole groups, as leases, with their advantages.
 
-A group is the READY Records of one ``(task_id, epoch)`` of the train split. The trainer asks
+A group is the READY Records of one ``(task_id, epoch)`` of the train split (the ledger made it
+READY only with score spread; its FAILED members left it). The trainer asks
 :meth:`RecordClaimer.claim` for at least ``train_batch_size`` records; groups sampled with the
 newest weights come first (least off-policy), older ones when nothing fresher is waiting.
-A record is *claimable* while ``trained_count < max_trained_count``; claiming one is a single
-conditional update (``$inc trained_count``, ``$set last_trained_step, advantage``) that only
-matches while it is still claimable, so two trainers never take the same use of a record.
-Groups whose scores have no spread carry no GRPO signal: they are set to ``abandoned``.
+
+A record is *claimable* while ``trained_count < max_trained_count`` and no live trainer claim
+holds it. Claiming one is a single conditional update that sets the claim (owner, step, expiry
+``train_claim_ttl_s`` from now) and the advantage; it does **not** count the record as trained.
+The use counts (``$inc trained_count``, ``last_trained_step``) only when the step that used it
+is published and checkpointed (:meth:`RecordClaimer.commit`); a step that fails gives its
+records back (:meth:`RecordClaimer.give_back`), a trainer that dies stops renewing and its
+claims lapse, and a trainer resuming from a checkpoint returns every claim made after it
+(:meth:`RecordClaimer.return_all`). So nothing is trained more than ``max_trained_count``
+times and nothing is dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus, utcnow
-from agentrl.training.advantages import group_advantages, has_spread
+from agentrl.training.advantages import group_advantages
 
 log = logging.getLogger(__name__)
 
-_FIELDS = {"task_id": 1, "epoch": 1, "score": 1, "trained_count": 1, "created_at_step": 1}
+_FIELDS = {"task_id": 1, "epoch": 1, "score": 1, "trained_count": 1, "created_at_step": 1,
+           "attempt": 1}
+_UNCLAIMED = {"train_claim_owner": "", "train_claim_step": 0, "train_claim_expires_ts": 0.0}
 
 
 @dataclass
@@ -68,17 +79,20 @@ class RecordClaimer:
     def __init__(self, config: AgentTrainingConfig, dbs: Databases, split: str = "train") -> None:
         self.config, self.dbs, self.split = config, dbs, split
         self.records = dbs.store.collection(Record)
+        self.owner = f"trainer-{uuid.uuid4().hex[:12]}"
+
+    def _claimable_filter(self) -> dict:
+        return {
+            "split": self.split,
+            "status": RecordStatus.READY.value,
+            "trained_count": {"$lt": self.config.max_trained_count},
+            "train_claim_expires_ts": {"$lt": time.time()},
+        }
 
     def _claimable(self) -> dict[tuple[str, int], list[dict]]:
         """Claimable READY records grouped by ``(task_id, epoch)``, freshest group first."""
-        cursor = self.records.find(
-            {
-                "split": self.split,
-                "status": RecordStatus.READY.value,
-                "trained_count": {"$lt": self.config.max_trained_count},
-            },
-            _FIELDS,
-        ).sort([("created_at_step", -1), ("task_id", 1), ("epoch", 1)])
+        cursor = self.records.find(self._claimable_filter(), _FIELDS).sort(
+            [("created_at_step", -1), ("task_id", 1), ("epoch", 1)])
         groups: dict[tuple[str, int], list[dict]] = {}
         for raw in cursor:
             groups.setdefault((raw["task_id"], raw["epoch"]), []).append(raw)
@@ -99,35 +113,64 @@ class RecordClaimer:
                 scores[key].append(float(raw.get("score") or 0.0))
         return scores
 
-    def abandon(self, task_id: str, epoch: int) -> int:
-        """Set a no-spread group's READY records to ``abandoned``. Returns how many changed."""
-        result = self.records.update_many(
-            {"task_id": task_id, "epoch": epoch, "status": RecordStatus.READY.value},
-            {"$set": {"status": RecordStatus.ABANDONED.value, "updated_at": utcnow()}},
-        )
-        return int(result.modified_count)
-
     def _claim_record(self, record_id: str, step: int, advantage: float) -> Record | None:
-        """Atomically take one use of a record; ``None`` when it is no longer claimable."""
+        """Atomically claim one record for ``step``; ``None`` when it is no longer claimable."""
         raw = self.records.find_one_and_update(
-            {
-                "_id": record_id,
-                "status": RecordStatus.READY.value,
-                "trained_count": {"$lt": self.config.max_trained_count},
-            },
-            {
-                "$inc": {"trained_count": 1},
-                "$set": {"last_trained_step": step, "advantage": advantage, "updated_at": utcnow()},
-            },
+            {**self._claimable_filter(), "_id": record_id},
+            {"$set": {
+                "train_claim_owner": self.owner, "train_claim_step": step,
+                "train_claim_expires_ts": time.time() + self.config.train_claim_ttl_s,
+                "advantage": advantage, "updated_at": utcnow(),
+            }},
             return_document=True,
         )
         return Record.from_mongo(raw) if raw is not None else None
+
+    def _mine(self, **extra: object) -> dict:
+        return {"split": self.split, "train_claim_owner": self.owner, **extra}
+
+    def renew(self) -> int:
+        """Extend the expiry of every claim this trainer holds (its heartbeat)."""
+        result = self.records.update_many(self._mine(), {"$set": {
+            "train_claim_expires_ts": time.time() + self.config.train_claim_ttl_s}})
+        return int(result.modified_count)
+
+    def commit(self, through_step: int) -> int:
+        """Count this trainer's claims for steps ``<= through_step`` as trained (the steps are
+        published and checkpointed). Returns how many records."""
+        claimed = list(self.records.find(
+            self._mine(train_claim_step={"$lte": through_step}),
+            {"train_claim_step": 1}))
+        for step in sorted({int(r["train_claim_step"]) for r in claimed}):
+            self.records.update_many(
+                self._mine(train_claim_step=step),
+                {"$inc": {"trained_count": 1},
+                 "$set": {**_UNCLAIMED, "last_trained_step": step, "updated_at": utcnow()}})
+        return len(claimed)
+
+    def give_back(self, records: Iterable[Record]) -> int:
+        """Return claims of a step that was not taken (it failed or was abandoned)."""
+        ids = [r.id for r in records]
+        if not ids:
+            return 0
+        result = self.records.update_many(
+            self._mine(_id={"$in": ids}), {"$set": {**_UNCLAIMED, "updated_at": utcnow()}})
+        return int(result.modified_count)
+
+    def return_all(self) -> int:
+        """Return every trainer claim of the split (any owner): a trainer that starts from a
+        checkpoint gives back what steps after it had claimed. Returns how many."""
+        result = self.records.update_many(
+            {"split": self.split, "train_claim_owner": {"$ne": ""}},
+            {"$set": {**_UNCLAIMED, "updated_at": utcnow()}})
+        return int(result.modified_count)
 
     def claim(self, step: int, min_records: int) -> list[ClaimedGroup]:
         """Claim whole groups, freshest first, until at least ``min_records`` records are taken.
 
         Args:
-            step: the global step the batch will produce (stored as ``last_trained_step``).
+            step: the global step the batch will produce (``train_claim_step``, and
+                ``last_trained_step`` once committed).
             min_records: records wanted; fewer are claimed only when fewer are claimable.
 
         Returns:
@@ -143,10 +186,6 @@ class RecordClaimer:
             if total >= min_records:
                 break
             scores = all_scores[(task_id, epoch)]
-            if not has_spread(scores):
-                n = self.abandon(task_id, epoch)
-                log.info("group %s/%d has no score spread: %d records abandoned", task_id, epoch, n)
-                continue
             advantages = group_advantages(
                 scores, self.config.advantage_std_norm, self.config.advantage_leave_one_out
             )
@@ -166,12 +205,18 @@ class RecordClaimer:
         return claimed
 
     def calls_of(self, records: list[Record]) -> dict[str, list[DispatchedSamplingTask]]:
-        """The LLM calls of ``records`` (one query), by record id, in turn order."""
+        """The LLM calls of ``records``' own attempts (one query), by record id, in turn order.
+
+        Calls of other attempts (a copy that lost its lease, an attempt that failed) are never
+        trained.
+        """
         calls: dict[str, list[DispatchedSamplingTask]] = {r.id: [] for r in records}
+        attempts = {r.id: r.attempt for r in records}
         for call in self.dbs.store.find(
             DispatchedSamplingTask, {"record_id": {"$in": list(calls)}}
         ):
-            calls[call.record_id].append(call)
+            if call.attempt == attempts[call.record_id]:
+                calls[call.record_id].append(call)
         for value in calls.values():
             value.sort(key=lambda c: c.turn)
         return calls

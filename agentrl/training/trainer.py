@@ -2,12 +2,13 @@
 
 One step reads like the algorithm (:meth:`Trainer.train`)::
 
-    groups  = claim READY groups (>= train_batch_size records, advantages set)
+    groups  = claim READY groups (>= train_batch_size records, advantages set; leases)
     batch   = tokenize(convert_record_to_data_func(record, calls) for each record)
     metrics = optimize(batch)            # loss_calculater, AdamW, grad clip, lr schedule
     publish(save(model), step + 1)       # split lock held, services DOWN while loading
-    global_step += 1                     # the Redis counter samplers stamp calls with
-    checkpoint(model, optimizer, step)   # resumable every checkpoint_every_steps
+    global_step += 1                     # the run state samplers stamp calls with
+    checkpoint(model, optimizer, step)   # resumable every checkpoint_every_steps (and at the end)
+    commit claims                        # records count as trained once checkpointed
     log(metrics)                         # JSONL + progress bar
 
 Works as a single process on CPU (``agentrl train``) and under ``torchrun``: each rank claims its
@@ -33,6 +34,7 @@ from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, Record
 from agentrl.errors import AlignmentError, OrphanedRunStateError, TrainingError
 from agentrl.inference.model_files import resolve_model_path
+from agentrl.rollout.ledger import GlobalStep
 from agentrl.training import metrics as M
 from agentrl.training.checkpoint import (
     TrainerState,
@@ -135,18 +137,24 @@ class Trainer:
         self.loss_params = LossParams.from_config(config)
         self.converter = get_record_converter(config.record_converter)
         self.claimer = RecordClaimer(config, dbs)
+        self.global_step = GlobalStep(dbs)
         self.steps_done = 0
+        self.checkpointed_step: int | None = None
         self.skipped_records = 0
         self.resumed_step: int | None = None
         if resume_from is not None:
             self._resume(resume_from)
         elif self.rank == 0:
             # no checkpoint: the policy is the base model, so the step count starts again (a
-            # counter left in Redis by an earlier run of the same key_prefix must not carry over)
+            # step left by an earlier run of the same database must not carry over)
             trained = dbs.store.collection(Record).count_documents({"trained_count": {"$gt": 0}})
             if trained:
                 raise OrphanedRunStateError(str(self.root), config.db_name, trained)
-            self.dbs.global_step.set(0)
+            self.global_step.set(0)
+        if self.rank == 0:
+            returned = self.claimer.return_all()  # claims of steps after the checkpoint
+            if returned:
+                log.info("%d records claimed by steps after the checkpoint go back", returned)
         self.is_main = self.rank == 0
         self.logger = MetricsLogger(
             self.metrics_path, config.max_steps or None, show_progress and self.is_main
@@ -167,8 +175,9 @@ class Trainer:
         # the global step counts the optimizer steps in the served weights: steps after the
         # checkpoint (weights-only, not resumable) are lost, so the counter goes back with them
         if self.rank == 0:
-            self.dbs.global_step.set(state.step)
+            self.global_step.set(state.step)
         self.resumed_step = state.step
+        self.checkpointed_step = state.step
         log.info("resumed from %s (step %d)", path, state.step)
 
     # --- the loop --------------------------------------------------------------------------------
@@ -181,19 +190,33 @@ class Trainer:
         """
         history: list[dict[str, float]] = []
         if self.resumed_step is not None and self.is_main:
-            self.publish(step_dir(self.root, self.resumed_step), self.dbs.global_step.get())
+            self.publish(step_dir(self.root, self.resumed_step), self.global_step.get())
         try:
             while not self._reached_max_steps():
                 groups = self.wait_for_groups()
                 if not self._all_ranks_have(groups):
+                    self.claimer.give_back(r for g in groups for r in g.records)
                     break
                 history.append(self.step(groups))
+            self.checkpoint_now()
         finally:
             self.logger.close()
         return history
 
     def _reached_max_steps(self) -> bool:
-        return bool(self.config.max_steps) and self.dbs.global_step.get() >= self.config.max_steps
+        return bool(self.config.max_steps) and self.global_step.get() >= self.config.max_steps
+
+    def checkpoint_now(self) -> None:
+        """Write a resumable checkpoint of the last completed step (if it has none yet) and
+        count the records its steps used as trained."""
+        if not self.is_main or not self.steps_done:
+            return
+        step = self.global_step.get()
+        if self.checkpointed_step != step:
+            save_step(self.root, step, self.model, self.tokenizer, self._state(step),
+                      self.config.keep_checkpoints)
+            self.checkpointed_step = step
+        self.claimer.commit(step)
 
     def _all_ranks_have(self, groups: list[ClaimedGroup]) -> bool:
         """Whether every rank has a batch (ranks step together or stop together)."""
@@ -219,7 +242,9 @@ class Trainer:
         while True:
             held = sum(len(g.records) for g in groups)
             finished = self.sampling_finished()
-            new = self.claimer.claim(self.dbs.global_step.get() + 1, want - held)
+            if held:
+                self.claimer.renew()
+            new = self.claimer.claim(self.global_step.get() + 1, want - held)
             if new:
                 groups += new
                 last_progress = time.monotonic()
@@ -257,9 +282,14 @@ class Trainer:
             The step's metrics (also written to the JSONL file).
         """
         started = time.monotonic()
-        step = self.dbs.global_step.get()
-        batch = self.build_batch(groups)
-        metrics = self.optimize(batch, step)
+        step = self.global_step.get()
+        records = [r for g in groups for r in g.records]
+        try:
+            batch = self.build_batch(groups)
+            metrics = self.optimize(batch, step)
+        except BaseException:
+            self.claimer.give_back(records)
+            raise
         if self.is_main:
             new_step = step + 1
             checkpointing = new_step % self.config.checkpoint_every_steps == 0
@@ -268,11 +298,13 @@ class Trainer:
                 self.root, new_step, self.model, self.tokenizer, state, self.config.keep_checkpoints
             )
             self.publish(model_dir, new_step)
-            self.dbs.global_step.incr()
+            self.global_step.incr()
+            if checkpointing:
+                self.checkpointed_step = new_step
+                self.claimer.commit(new_step)
         if self.world_size > 1:
             dist.barrier()
         self.steps_done += 1
-        records = [r for g in groups for r in g.records]
         scores = [float(r.score or 0.0) for r in records]
         metrics.update(self._rollout_metrics(groups))
         metrics[M.REWARD_MEAN] = sum(scores) / len(scores)

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from agentrl.databases import Databases
+from agentrl.databases import Databases, DistributedLock
+from agentrl.rollout.ledger import RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ class ManagerWeightPublisher:
     def __call__(self, model_dir: Path, version: int) -> None:
         """Update every service to ``model_dir`` as ``version`` (seconds logged)."""
         started = time.monotonic()
-        lock = self.dbs.lock(f"push_epoch:{self.split}", ttl_s=SPLIT_LOCK_TTL_S)
+        lock = DistributedLock(
+            self.dbs.redis, RedisKeys(self.dbs.config.key_prefix).lock(f"push_epoch:{self.split}"),
+            ttl_s=SPLIT_LOCK_TTL_S)
         held = lock.acquire(blocking=True, timeout_s=SPLIT_LOCK_WAIT_S)
         if not held:
             log.warning("split lock push_epoch:%s busy; updating weights anyway", self.split)

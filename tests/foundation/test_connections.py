@@ -8,6 +8,7 @@ from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, Record, connect_redis
 from agentrl.databases.store import MongoStore
 from agentrl.errors import ServiceUnavailableError
+from agentrl.rollout.ledger import GlobalStep
 from tests.conftest import free_port
 
 
@@ -16,7 +17,8 @@ def test_init_databases_creates_the_identity_index(dbs: Databases) -> None:
     # Index names differ between servers (nx-27017 names its own); find it by its keys.
     identity = [i for i in indexes if [k for k, _ in i["key"]] == ["task_id", "traj_id", "epoch"]]
     assert len(identity) == 1 and identity[0]["unique"] is True
-    assert dbs.global_step.incr() == 1
+    assert GlobalStep(dbs).incr() == 1
+    assert GlobalStep(dbs).get() == 1
 
 
 def test_unreachable_redis_says_how_to_start_it() -> None:

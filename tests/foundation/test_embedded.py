@@ -1,5 +1,5 @@
 """The embedded MongoDB-wire server starts, is reused by a second process, and keeps its data
-across a restart."""
+across a restart on the same port."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def test_start_reuse_restart_keeps_data(tmp_path: Path) -> None:
         assert running_embedded_uri(data_dir) is None
 
         uri_again = ensure_embedded_mongo(data_dir)
+        assert uri_again == uri  # same port: running clients reconnect by themselves
         client = MongoClient(uri_again)
         assert client.agentrl.tasks.find_one({"_id": "kept"})["question"] == "2+2"
         client.close()

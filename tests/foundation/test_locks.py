@@ -13,7 +13,7 @@ from agentrl.databases import DistributedCounter, DistributedLock
 
 
 def _hold(url: str, prefix: str, ttl_s: float, results: mp.Queue, hold_s: float) -> None:
-    lock = DistributedLock(redis.Redis.from_url(url), "contended", ttl_s=ttl_s, prefix=prefix)
+    lock = DistributedLock(redis.Redis.from_url(url), f"{prefix}:lock:contended", ttl_s=ttl_s)
     got = lock.acquire(blocking=False)
     results.put((os.getpid(), got))
     if got:
@@ -22,7 +22,7 @@ def _hold(url: str, prefix: str, ttl_s: float, results: mp.Queue, hold_s: float)
 
 
 def _increment(url: str, prefix: str, times: int) -> None:
-    counter = DistributedCounter(redis.Redis.from_url(url), "hits", prefix=prefix)
+    counter = DistributedCounter(redis.Redis.from_url(url), f"{prefix}:counter:hits")
     for _ in range(times):
         counter.incr()
 
@@ -51,7 +51,7 @@ def test_killed_holder_loses_the_lock_after_expiry(redis_url: str) -> None:
     assert results.get(timeout=60)[1] is True
     os.kill(holder.pid, signal.SIGKILL)
     holder.join(timeout=10)
-    mine = DistributedLock(redis.Redis.from_url(redis_url), "contended", ttl_s=5, prefix=prefix)
+    mine = DistributedLock(redis.Redis.from_url(redis_url), f"{prefix}:lock:contended", ttl_s=5)
     assert mine.locked()  # the dead holder's lock is still there...
     assert not mine.acquire(blocking=False)
     assert mine.acquire(blocking=True, timeout_s=10)  # ...until its 2 s expiry passes
@@ -69,7 +69,7 @@ def test_concurrent_increments_from_processes_sum_exactly(redis_url: str) -> Non
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
-    counter = DistributedCounter(redis.Redis.from_url(redis_url), "hits", prefix=prefix)
+    counter = DistributedCounter(redis.Redis.from_url(redis_url), f"{prefix}:counter:hits")
     assert counter.get() == 1000
     counter.set(7)
     assert counter.incr(3) == 10

@@ -18,11 +18,9 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-import redis.asyncio as aioredis
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
-    AsyncMongoStore,
     Databases,
     DispatchedSamplingTask,
     InferenceService,
@@ -30,8 +28,8 @@ from agentrl.databases import (
     ServiceStatus,
 )
 from agentrl.inference.manager import InferenceManager
-from agentrl.inference.routing import Router
 from tests.conftest import free_port
+from tests.inference.routing_helpers import Recorder, with_router
 
 pytestmark = pytest.mark.slow
 
@@ -52,21 +50,10 @@ def naive(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def route_once(config: AgentTrainingConfig, dbs: Databases, record: Record, turn: int
+def route_once(config: AgentTrainingConfig, dbs: Databases, recorder: Recorder
                ) -> dict[str, Any]:
-    async def run() -> dict[str, Any]:
-        store = AsyncMongoStore(dbs.mongo_uri, config.db_name)
-        client = aioredis.Redis.from_url(config.redis_url, decode_responses=True)
-        router = Router(config, store, client)
-        try:
-            return await router.create_chat_completion(MESSAGES, record=record, turn=turn,
-                                                       max_tokens=4)
-        finally:
-            await router.aclose()
-            await client.aclose()
-            await store.close()
-
-    return asyncio.run(run())
+    return asyncio.run(with_router(config, dbs, lambda router: router.create_chat_completion(
+        MESSAGES, recorder=recorder, max_tokens=4)))
 
 
 def manager_config(config: AgentTrainingConfig) -> AgentTrainingConfig:
@@ -83,6 +70,7 @@ def test_manager_lifecycle_with_cpu_engine(
 ) -> None:
     manager_config(config)
     record = Record(task_id="t", traj_id=0, epoch=1)
+    recorder = Recorder(dbs, record)
     manager = InferenceManager(config, dbs)
     with manager:
         service = manager.service
@@ -92,7 +80,7 @@ def test_manager_lifecycle_with_cpu_engine(
         first_beat = naive(service.heartbeat_at)
         wait_for(lambda: naive(manager.service.heartbeat_at) > first_beat, 10, "a heartbeat")
 
-        out = route_once(config, dbs, record, 0)
+        out = route_once(config, dbs, recorder)
         assert 1 <= len(out["choices"][0]["token_ids"]) <= 4
 
         # release: DOWN, calls wait; resume: UP, the waiting call completes
@@ -102,7 +90,7 @@ def test_manager_lifecycle_with_cpu_engine(
         assert info["memory_released"] is True
         result: dict[str, Any] = {}
         caller = threading.Thread(
-            target=lambda: result.update(route_once(config, dbs, record, 1)))
+            target=lambda: result.update(route_once(config, dbs, recorder)))
         caller.start()
         time.sleep(1.5)
         assert not result
@@ -126,7 +114,7 @@ def test_manager_lifecycle_with_cpu_engine(
         new_pid, port = manager.process.pid, manager.port
         assert new_pid != old_pid
         assert httpx.get(f"{manager.endpoint}/get_weight_version").json()["weight_version"] == "3"
-        out = route_once(config, dbs, record, 2)
+        out = route_once(config, dbs, recorder)
         assert out["metadata"]["weight_version"] == "3"
 
     assert not psutil.pid_exists(new_pid) or psutil.Process(new_pid).status() == "zombie"

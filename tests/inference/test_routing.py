@@ -1,5 +1,6 @@
-"""Routing over real MongoDB (nx-27017), Redis and HTTP: least load, stale heartbeats, waiting,
-retries, and one DispatchedSamplingTask per call."""
+"""Routing over real MongoDB (nx-27017), Redis and HTTP: least load (slot leases in Redis),
+stale heartbeats, waiting, outages waited out behind a circuit breaker, and one
+DispatchedSamplingTask per call."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
-    AsyncMongoStore,
     Databases,
     DispatchedSamplingTask,
     DispatchStatus,
@@ -26,6 +25,9 @@ from agentrl.databases import (
 )
 from agentrl.errors import InferenceRequestError, NoServiceAvailableError
 from agentrl.inference.routing import Router
+from agentrl.rollout.leases import slot_loads
+from agentrl.rollout.ledger import GlobalStep, RedisKeys
+from tests.inference.routing_helpers import Recorder, with_router
 from tests.inference.stub_server import StubServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -40,29 +42,26 @@ def stub() -> Iterator[StubServer]:
 def add_service(dbs: Databases, stub: StubServer, sid: str, *, running: int = 0,
                 status: ServiceStatus = ServiceStatus.UP, age_s: float = 0.0,
                 model: str = "SmolLM2-135M-Instruct", **fields: Any) -> InferenceService:
+    """Register a service; ``running`` requests of another (live) worker hold slots on it."""
     service = InferenceService(
         name=sid, endpoint=stub.url(sid), models=[model], status=status,
-        running_req_count=running, heartbeat_at=utcnow() - timedelta(seconds=age_s),
+        heartbeat_at=utcnow() - timedelta(seconds=age_s),
         heartbeat_ts=time.time() - age_s, **fields,
     )
     dbs.store.insert(service)
+    key = RedisKeys(dbs.config.key_prefix).service_slots(service.id)
+    expiry_ms = (time.time() + 600) * 1000
+    for i in range(running):
+        dbs.redis.zadd(key, {f"other-{i}": expiry_ms})
     return service
 
 
-async def with_router(config: AgentTrainingConfig, dbs: Databases, fn: Any) -> Any:
-    store = AsyncMongoStore(dbs.mongo_uri, config.db_name)
-    client = aioredis.Redis.from_url(config.redis_url, decode_responses=True)
-    router = Router(config, store, client)
-    try:
-        return await fn(router)
-    finally:
-        await router.aclose()
-        await client.aclose()
-        await store.close()
-
-
 def counts_by_name(dbs: Databases) -> dict[str, int]:
-    return {s.name: s.running_req_count for s in dbs.store.find(InferenceService)}
+    """Requests running on each service (live slot leases)."""
+    services = list(dbs.store.find(InferenceService))
+    keys = RedisKeys(dbs.config.key_prefix)
+    loads = slot_loads(dbs.redis, [keys.service_slots(s.id) for s in services])
+    return {s.name: n for s, n in zip(services, loads, strict=True)}
 
 
 def test_300_concurrent_calls_spread_by_least_load_and_stale_gets_none(
@@ -74,14 +73,15 @@ def test_300_concurrent_calls_spread_by_least_load_and_stale_gets_none(
     add_service(dbs, stub, "stale", age_s=300)
     add_service(dbs, stub, "down", status=ServiceStatus.DOWN)
     add_service(dbs, stub, "other", model="another-model")
-    dbs.global_step.set(7)
-    record = Record(task_id="task-1", traj_id=0, epoch=1)
+    GlobalStep(dbs).set(7)
+    recorder = Recorder(dbs, Record(task_id="task-1", traj_id=0, epoch=1))
+    record = recorder.record
     stub.hold(300)
     stub.counts.clear()
 
     async def run(router: Router) -> list[dict[str, Any]]:
         return await asyncio.gather(*[
-            router.create_chat_completion(MESSAGES, record=record, turn=i) for i in range(300)
+            router.create_chat_completion(MESSAGES, recorder=recorder) for _ in range(300)
         ])
 
     try:
@@ -96,6 +96,7 @@ def test_300_concurrent_calls_spread_by_least_load_and_stale_gets_none(
     tasks = list(dbs.store.find(DispatchedSamplingTask, {"record_id": record.id}))
     assert len(tasks) == 300
     assert sorted(t.turn for t in tasks) == list(range(300))
+    assert {t.attempt for t in tasks} == {1}
     by_service = Counter(t.service_id for t in tasks)
     assert by_service == {ids["a"]: 120, ids["b"]: 100, ids["c"]: 80}
     task = tasks[0]
@@ -141,6 +142,32 @@ def test_transient_error_is_retried_and_logged_once(
     (task,) = dbs.store.find(DispatchedSamplingTask)
     assert task.status == DispatchStatus.COMPLETED and task.meta["attempts"] == 2
     assert counts_by_name(dbs) == {"flaky": 0}
+
+
+def test_outage_is_waited_out_behind_an_open_circuit(
+    config: AgentTrainingConfig, dbs: Databases, stub: StubServer
+) -> None:
+    """HTTP 500 for 5 calls in a row: the circuit opens (sampling paused, said in Redis), the
+    call backs off and ends with the real answer once the service recovers."""
+    config.request_max_attempts, config.circuit_open_s = 3, 0.2
+    add_service(dbs, stub, "sick")
+    stub.fail["sick"] = (500, 5)
+    paused: list[dict[str, str]] = []
+
+    async def run(router: Router) -> dict[str, Any]:
+        call = asyncio.ensure_future(router.create_chat_completion(MESSAGES))
+        while not call.done():
+            paused.append(dbs.redis.hgetall(RedisKeys(config.key_prefix).sampling_paused))
+            await asyncio.sleep(0.2)
+        return await call
+
+    out = asyncio.run(with_router(config, dbs, run))
+    assert out["choices"][0]["message"]["content"] == "from sick"
+    (task,) = dbs.store.find(DispatchedSamplingTask)
+    assert task.status == DispatchStatus.COMPLETED and task.meta["attempts"] == 6
+    assert any("sick" in p and "circuit open" in p["sick"] for p in paused)
+    assert dbs.redis.hgetall(RedisKeys(config.key_prefix).sampling_paused) == {}
+    assert counts_by_name(dbs) == {"sick": 0}
 
 
 def test_permanent_error_fails_the_call_and_is_recorded(
@@ -192,10 +219,10 @@ def test_heartbeat_written_with_set_revives_a_stale_service(
     config.service_heartbeat_ttl_s = 30.0
     config.service_wait_timeout_s = 1.0
     service = add_service(dbs, stub, "revived", age_s=300)
-    record = Record(task_id="task-hb", traj_id=0, epoch=1)
+    recorder = Recorder(dbs, Record(task_id="task-hb", traj_id=0, epoch=1))
 
     async def call(router: Router) -> dict[str, Any]:
-        return await router.create_chat_completion(MESSAGES, record=record, turn=0)
+        return await router.create_chat_completion(MESSAGES, recorder=recorder)
 
     with pytest.raises(NoServiceAvailableError):
         asyncio.run(with_router(config, dbs, call))

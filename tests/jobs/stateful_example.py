@@ -31,13 +31,14 @@ class CountingStatefulSampler(StatefulSampler):
 
 @register_sampler("flaky")
 class FlakySampler(AsyncSampler):
-    """traj 0 fails on its first attempt; traj 1's evaluation raises (scored 0)."""
+    """traj 0 fails on its first attempt (then scores 1); traj 1's evaluation always raises
+    (FAILED after max_sample_attempts); traj 2 scores 0."""
 
     async def run(self) -> None:
-        if self.record.traj_id == 0 and self.record.attempts == 1:
+        if self.record.traj_id == 0 and self.record.attempt == 1:
             raise RuntimeError("environment crashed")
 
     async def evaluate_record(self, record: Record) -> float:
         if record.traj_id == 1:
             raise ValueError("grader exploded")
-        return 1.0
+        return float(record.traj_id == 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from agentrl.celery_app import (
+    HANDOFF_THREADS,
     SAMPLE_TASK,
     celery_settings,
     enqueue_claims,
@@ -23,7 +24,9 @@ def test_settings_are_json_only_acks_late_prefixed(config: AgentTrainingConfig) 
     assert settings["worker_prefetch_multiplier"] == 1
     assert settings["worker_send_task_events"]
     assert settings["worker_pool"] == "threads"
-    assert settings["worker_concurrency"] == config.max_concurrent_samples_per_process >= 64
+    # a few threads hand trajectories over; the trajectories themselves are coroutines
+    assert settings["worker_concurrency"] == HANDOFF_THREADS
+    assert HANDOFF_THREADS < config.max_concurrent_samples_per_process
     options = settings["broker_transport_options"]
     assert options["visibility_timeout"] == config.visibility_timeout_s
     assert options["global_keyprefix"] == f"{config.key_prefix}:"

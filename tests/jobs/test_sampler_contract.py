@@ -1,5 +1,6 @@
 """The sampler API's contract: StatefulSampler runs a task's trajectories one at a time on shared
-state; a failing run gives its claim back; a failing evaluation scores 0; no task → error."""
+state; a failing run or evaluation is started again, then FAILED and left out of its group;
+no task → error."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import pytest
 
 from agentrl.configs import AgentTrainingConfig
-from agentrl.databases import Databases, Record, RecordStatus, Task, TaskStatus
+from agentrl.databases import Databases, ErrorKind, Record, RecordStatus, Task, TaskStatus
 from agentrl.errors import NoTaskAvailableError
 from agentrl.rollout.epochs import push_epoch
 from agentrl.rollout.scheduler import SamplingScheduler
@@ -31,20 +32,26 @@ def test_stateful_sampler_shares_state_one_at_a_time(
         assert {r.status for r in records} == {RecordStatus.READY}
 
 
-def test_failed_run_is_resampled_and_failed_evaluation_scores_zero(
+def test_failed_run_is_resampled_and_failing_evaluation_leaves_the_group(
     config: AgentTrainingConfig, dbs: Databases
 ) -> None:
     config.num_generations, config.housekeeping_interval_s = 3, 1.0
     SamplingScheduler(config=config, sampler_class=FlakySampler,
                       dataset=RFTDataset(make_items(1)), timeout_s=120).run()
     records = {r.traj_id: r for r in dbs.store.find(Record, {})}
-    assert records[0].attempts == 2 and records[0].score == 1.0
+    assert records[0].attempt == 2 and records[0].score == 1.0
     assert records[0].error is None  # the successful second attempt replaced the failed one
-    assert records[1].score == 0.0 and "grader exploded" in records[1].error
-    assert records[2].score == 1.0 and records[2].attempts == 1
-    assert {r.status for r in records.values()} == {RecordStatus.READY}
+    assert records[0].status == RecordStatus.READY
+    # an exception in evaluate_record is the sampler's failure: retried, then FAILED, never 0
+    failed = records[1]
+    assert failed.status == RecordStatus.FAILED and failed.score is None
+    assert failed.error_kind == ErrorKind.SAMPLER and "grader exploded" in failed.error
+    assert failed.attempt == config.max_sample_attempts
+    assert records[2].score == 0.0 and records[2].attempt == 1
+    assert records[2].status == RecordStatus.READY
     (task,) = dbs.store.find(Task, {})
-    assert task.scores == {"0": 1.0, "1": 0.0, "2": 1.0}
+    assert task.status == TaskStatus.COMPLETED
+    assert task.scores == {"0": 1.0, "2": 0.0} and task.failed == {"1": "sampler"}
 
 
 def test_no_task_available(config: AgentTrainingConfig, dbs: Databases) -> None:

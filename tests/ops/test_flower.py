@@ -63,9 +63,10 @@ def test_flower_lists_worker_and_finished_sampling_tasks(
         )
         assert scheduler.run() == [1]
 
-        def finished() -> dict[str, Any]:
-            return get_json(f"{base}/api/tasks", taskname="agentrl.sample",
-                            state="SUCCESS") or {}
+        def finished(split: str = "train") -> dict[str, Any]:
+            tasks = get_json(f"{base}/api/tasks", taskname="agentrl.sample",
+                             state="SUCCESS") or {}
+            return {k: v for k, v in tasks.items() if f"'split': '{split}'" in v["kwargs"]}
 
         wait_for(lambda: len(finished()) == 4, 60, "Flower to see 4 finished sampling tasks")
         tasks = finished()
@@ -83,8 +84,8 @@ def test_flower_lists_worker_and_finished_sampling_tasks(
         with pytest.raises(EvaluationError, match="cannot load .*'nope'"):
             evaluate(sampler="nope", dataset=tmp_path / "items.jsonl", config=config).get(
                 timeout=60)
-        trajectories = get_json(f"{base}/api/tasks", taskname="agentrl.evaluate_trajectory",
-                                state="SUCCESS")
+        wait_for(lambda: len(finished("eval")) == 4, 30, "Flower to see 4 evaluation jobs")
+        trajectories = finished("eval")
         workers = get_json(f"{base}/api/workers")
     finally:
         if worker is not None:
@@ -115,6 +116,6 @@ def test_flower_lists_worker_and_finished_sampling_tasks(
     assert list(job) == [summary["evaluation_id"]]  # the job's uuid is the evaluation id
     assert "'sampler': 'rft'" in job[summary["evaluation_id"]]["kwargs"]
     assert len(trajectories) == 4
-    for info in trajectories.values():
-        assert f"'evaluation_id': '{summary['evaluation_id']}'" in info["kwargs"]
-        assert "'split': 'eval'" in info["kwargs"] and "'traj_id': 0" in info["kwargs"]
+    for info in trajectories.values():  # the evaluation's claims: its tasks, no resampling
+        assert f"'task_id': 'evaluation-{summary['evaluation_id']}-" in info["kwargs"]
+        assert "'traj_id': 0" in info["kwargs"] and "'resample': False" in info["kwargs"]

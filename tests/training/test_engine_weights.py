@@ -8,6 +8,7 @@ import pytest
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases
 from agentrl.inference.manager import InferenceManager
+from agentrl.rollout.ledger import GlobalStep
 from agentrl.training.trainer import Trainer
 from agentrl.training.weights import ManagerWeightPublisher
 from tests.conftest import free_port
@@ -32,10 +33,10 @@ def test_engine_serves_new_weights_after_a_step(
                 "temperature": 0.0, "logprobs": True}
         before = httpx.post(f"{manager.endpoint}/v1/chat/completions", json=body, timeout=60).json()
         assert trainer.train()
-        assert dbs.global_step.get() == 1
+        assert GlobalStep(dbs).get() == 1
         assert manager.service.weight_version == "1"
         served = httpx.get(f"{manager.endpoint}/get_weight_version", timeout=10).json()
-        assert served["weight_version"] == str(dbs.global_step.get())
+        assert served["weight_version"] == str(GlobalStep(dbs).get())
         after = httpx.post(f"{manager.endpoint}/v1/chat/completions", json=body, timeout=60).json()
         lp_before = before["choices"][0]["logprobs"]["content"][0]["logprob"]
         lp_after = after["choices"][0]["logprobs"]["content"][0]["logprob"]

@@ -10,6 +10,7 @@ import torch
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus
 from agentrl.errors import OrphanedRunStateError
+from agentrl.rollout.ledger import GlobalStep
 from agentrl.training.checkpoint import COMPLETE_MARKER, latest_checkpoint
 from agentrl.training.datasets import DBRecordData, TrainTurn
 from agentrl.training.metrics import read_metrics
@@ -71,11 +72,11 @@ def test_loop_claims_publishes_checkpoints_and_resumes(
     first = Trainer(config, dbs, publish, show_progress=False)
     tok = first.tokenizer
     g1 = store_group(dbs, tok, "a-task", [1.0, 0.0])
-    g2 = store_group(dbs, tok, "b-task", [0.0, 0.0])
+    g2 = store_group(dbs, tok, "b-task", [0.0, 0.0], status=RecordStatus.ABANDONED)
     g3 = store_group(dbs, tok, "c-task", [0.2, 0.0])
     history = first.train()
     assert len(history) == 1
-    assert dbs.global_step.get() == 1
+    assert GlobalStep(dbs).get() == 1
     assert [v for _, v in published] == [1]
     assert (published[0][0] / "model.safetensors").exists()
     assert (published[0][0] / COMPLETE_MARKER).exists()
@@ -85,7 +86,10 @@ def test_loop_claims_publishes_checkpoints_and_resumes(
         assert stored.last_trained_step == 1
     assert dbs.store.get(Record, g1[0].id).advantage == pytest.approx(1.0, abs=1e-3)
     assert dbs.store.get(Record, g1[1].id).advantage == pytest.approx(-1.0, abs=1e-3)
-    assert {dbs.store.get(Record, r.id).status for r in g2} == {RecordStatus.ABANDONED}
+    assert {dbs.store.get(Record, r.id).trained_count for r in g2} == {0}  # no spread: never
+    for record in g1 + g3:  # counted once the step is checkpointed; the claim is gone
+        stored = dbs.store.get(Record, record.id)
+        assert stored.train_claim_owner == "" and stored.train_claim_expires_ts == 0.0
     step1 = history[0]
     assert step1["reward/mean"] == pytest.approx((1.0 + 0.0 + 0.2 + 0.0) / 4)
     assert step1["train/records"] == 4 and step1["train/groups"] == 2
@@ -100,7 +104,7 @@ def test_loop_claims_publishes_checkpoints_and_resumes(
     history2 = second.train()
     assert len(history2) == 1
     assert [v for _, v in published] == [1, 1, 2]  # resume re-publishes step 1, then step 2
-    assert dbs.global_step.get() == 2
+    assert GlobalStep(dbs).get() == 2
     assert latest_checkpoint(second.root).name == "step-000002"
     lines = read_metrics(second.metrics_path)
     assert [line["step"] for line in lines] == [1, 2]
@@ -111,11 +115,11 @@ def test_loop_claims_publishes_checkpoints_and_resumes(
 def test_stops_when_sampling_finished_and_nothing_left(
     config: AgentTrainingConfig, dbs: Databases
 ) -> None:
-    dbs.global_step.set(8)  # left by an earlier run of the same key_prefix, no checkpoint
+    GlobalStep(dbs).set(8)  # left by an earlier run of the same key_prefix, no checkpoint
     trainer = Trainer(config, dbs, sampling_finished=lambda: True, show_progress=False)
-    assert dbs.global_step.get() == 0  # the base model is step 0
+    assert GlobalStep(dbs).get() == 0  # the base model is step 0
     assert trainer.train() == []
-    assert dbs.global_step.get() == 0
+    assert GlobalStep(dbs).get() == 0
     assert torch.is_grad_enabled()
 
 

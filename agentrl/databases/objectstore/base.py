@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from abc import ABC, abstractmethod
 from typing import Any
 
 REF_SCHEME = "objstore://"
 REF_KEY = "$objref"
+TEXT_MIME = "text"
+"""``mime`` of a reference to a moved string (read back as ``str``)."""
+JSON_MIME = "json"
+"""``mime`` of a reference to a moved JSON value (read back as the value)."""
 MIN_EXTERNAL_BYTES = 1024
 """Binary values smaller than this (bytes) stay inline."""
 
@@ -85,12 +90,18 @@ def is_ref(value: Any) -> bool:
 
 
 def internalize(value: Any, store: ObjectStore) -> Any:
-    """Inverse of :func:`externalize`: references become ``data:`` URLs (or bytes) again."""
+    """Inverse of :func:`externalize` (and of the Record boundary,
+    :func:`agentrl.rollout.storable.to_storable`): references become ``data:`` URLs, bytes,
+    strings or JSON values again."""
     if is_ref(value):
         data = store.get(value[REF_KEY])
         mime = value.get("mime", "bytes")
         if mime == "bytes":
             return data
+        if mime == TEXT_MIME:
+            return data.decode("utf-8")
+        if mime == JSON_MIME:
+            return json.loads(data)
         return f"data:{mime};base64,{base64.b64encode(data).decode()}"
     if isinstance(value, dict):
         return {k: internalize(v, store) for k, v in value.items()}

@@ -32,7 +32,7 @@ import logging
 from typing import Any, ClassVar
 
 from agentrl.configs import AgentTrainingConfig
-from agentrl.databases.documents import DispatchedSamplingTask, DispatchStatus, Record, utcnow
+from agentrl.databases.documents import Record
 from agentrl.databases.objectstore import (
     ObjectStore,
     externalize,
@@ -190,7 +190,7 @@ class OSWorldStatefulSampler(StatefulSampler):
                 "malformed": action.malformed, "outcome": outcome,
             }
             steps.append(step)
-            await self._log_step(self._turn - 1, step)
+            self._log_step(step)
             history.append(action.summary() if not action.malformed else "(malformed output)")
             if action.code:
                 last_action = action.code
@@ -272,15 +272,13 @@ class OSWorldStatefulSampler(StatefulSampler):
             "error": str(result.get("error") or result.get("message") or "")[:2000],
         }
 
-    async def _log_step(self, turn: int, step: dict[str, Any]) -> None:
-        """Write the step (observation references, action, outcome) into ``meta.osworld`` of its
-        DispatchedSamplingTask (the router logged the call, images already as references)."""
-        record = self._record()
-        await self.context.store.collection(DispatchedSamplingTask).update_one(
-            {"record_id": record.id, "turn": turn,
-             "status": {"$ne": DispatchStatus.CANCELLED.value}},
-            {"$set": {"meta.osworld": step, "updated_at": utcnow()}},
-        )
+    def _log_step(self, step: dict[str, Any]) -> None:
+        """Write the step (observation references, action, outcome) into ``meta.osworld`` of
+        the step's DispatchedSamplingTask (its attempt's last call; images already as
+        references)."""
+        attempt = self.attempt
+        if attempt is not None and attempt.calls:
+            attempt.annotate_call(max(attempt.calls), osworld=step)
 
     def _leave_note(self, steps: list[dict[str, Any]], ended: str, score: float) -> None:
         """Append this trajectory's note to ``task.state["notes"]`` for later trajectories."""
