@@ -5,21 +5,24 @@ One call of :meth:`Router.create_chat_completion`:
 
 1. **pick** — one atomic ``find_one_and_update`` takes the UP service serving the model with the
    fewest ``running_req_count`` and a heartbeat younger than ``service_heartbeat_ttl_s``
-   (external services have no heartbeat), incrementing its count. While none is UP (a weight
-   update) the call waits, polling, up to ``service_wait_timeout_s``.
-2. **send** — ``POST <endpoint>/v1/chat/completions`` with temperature / top_p / max_tokens from
-   the config unless overridden and ``logprobs: true``; the count is decremented in ``finally``.
-   Transient failures (connection errors, 408/429/5xx) are retried with tenacity, re-picking the
-   service each time, up to ``request_max_attempts``.
+   (services registered with ``agentrl services add`` have none), incrementing its count.
+   While none is UP (a weight update) the call waits, polling, up to ``service_wait_timeout_s``.
+2. **send** — ``POST <endpoint>/v1/chat/completions`` with the body of
+   :func:`~agentrl.inference.protocol.build_chat_body` (config sampling defaults unless
+   overridden, ``logprobs: true``, ``return_token_ids: true`` for SGLang and the CPU engine); the
+   count is decremented in ``finally``. Transient failures (connection errors, 408/429/5xx, and
+   HTTP 200 replies with ``finish_reason: "abort"`` or no choices) are retried with tenacity,
+   re-picking the service each time, up to ``request_max_attempts``.
 3. **log** — exactly one :class:`DispatchedSamplingTask` is inserted: request (large images moved
-   to the object store), response, completion token ids and behaviour logprobs, finish reason
-   (``length`` kept as such), service, endpoint, weight version, ``created_at_step`` (the Redis
-   counter ``<key_prefix>:counter:global_step``), timings, and status ``completed`` or ``failed``
-   with the error.
+   to the object store), response, prompt and completion token ids, behaviour logprobs and the
+   temperature they are of, finish reason (``length`` kept as such), service, endpoint, weight
+   version(s), ``created_at_step`` (the Redis counter ``<key_prefix>:counter:global_step``),
+   timings, and status ``completed`` or ``failed`` with the error.
 
-The returned response is OpenAI-format; ``choices[0]["token_ids"]`` holds the sampled token ids
-and ``choices[0]["logprobs"]["content"][i]["token_id"]`` / ``["logprob"]`` each token's id and
-logprob (nats).
+The returned response is the service's, unchanged: with SGLang and the CPU engine,
+``choices[0]["prompt_token_ids"]`` / ``["response_token_ids"]`` hold the prefilled and sampled ids
+and ``choices[0]["logprobs"]["content"][i]["logprob"]`` the logprob (nats) of sampled token ``i``
+(see :mod:`agentrl.inference.protocol`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ from agentrl.databases import (
 from agentrl.databases.connections import GLOBAL_STEP
 from agentrl.databases.objectstore import ObjectStore, externalize, open_object_store
 from agentrl.errors import InferenceError, InferenceRequestError, NoServiceAvailableError
+from agentrl.inference.protocol import (
+    body_for_kind,
+    build_chat_body,
+    logprob_temperature,
+    parse_chat_completion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +71,6 @@ POLL_INTERVAL_S = 0.25
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, InferenceRequestError) and exc.transient
-
-
-def completion_tokens(response: dict[str, Any]) -> tuple[list[int], list[float], str | None]:
-    """Token ids, logprobs (nats) and finish reason of the first choice of a response.
-
-    Token ids come from ``choices[0].token_ids`` or, failing that, from
-    ``logprobs.content[i].token_id``; either may be empty for services that do not return them.
-    """
-    choice = (response.get("choices") or [{}])[0]
-    content = ((choice.get("logprobs") or {}).get("content")) or []
-    logprobs = [float(item["logprob"]) for item in content if "logprob" in item]
-    ids = choice.get("token_ids")
-    if ids is None:
-        ids = [int(item["token_id"]) for item in content if "token_id" in item]
-    return [int(i) for i in ids], logprobs, choice.get("finish_reason")
 
 
 class Router:
@@ -124,7 +118,8 @@ class Router:
         return {"$and": [
             {"status": ServiceStatus.UP.value},
             {"models": model},
-            {"$or": [{"kind": "external"}, {"heartbeat_ts": {"$gte": cutoff}}]},
+            {"$or": [{"kind": "external"}, {"managed": False},
+                     {"heartbeat_ts": {"$gte": cutoff}}]},
         ]}
 
     async def acquire(self, model: str) -> InferenceService:
@@ -166,28 +161,15 @@ class Router:
         tools: list[dict] | None,
         params: dict[str, Any],
     ) -> dict[str, Any]:
-        """The chat-completions body: config sampling defaults, then ``params``, logprobs on."""
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "temperature": self.config.temperature,
-            "top_p": self.config.top_p,
-            "logprobs": True,
-        }
-        if "max_tokens" not in params and "max_completion_tokens" not in params:
-            body["max_tokens"] = self.config.max_new_tokens
-        if tools:
-            body["tools"] = tools
-        body.update(params)
-        return body
+        """The chat-completions body (:func:`~agentrl.inference.protocol.build_chat_body`)."""
+        return build_chat_body(self.config, model, messages, tools, params)
 
     async def _send(self, service: InferenceService, body: dict[str, Any]) -> dict[str, Any]:
         headers = {}
         if service.api_key is not None:
             headers["Authorization"] = f"Bearer {service.api_key.get_secret_value()}"
         url = f"{service.endpoint.rstrip('/')}/v1/chat/completions"
-        if service.kind == "external":
-            body = {k: v for k, v in body.items() if k not in ("ignore_eos", "stop_token_ids")}
+        body = body_for_kind(body, service.kind)
         try:
             resp = await self.http.post(url, json=body, headers=headers)
         except httpx.TransportError as exc:
@@ -201,8 +183,7 @@ class Router:
             data = resp.json()
         except ValueError as exc:
             raise InferenceRequestError(service.endpoint, "the response is not JSON") from exc
-        if not isinstance(data, dict) or not data.get("choices"):
-            raise InferenceRequestError(service.endpoint, "the response has no choices")
+        parse_chat_completion(data, service.endpoint)  # raises on an aborted or empty reply
         return data
 
     async def create_chat_completion(
@@ -227,7 +208,7 @@ class Router:
                 n, seed, stop, ...).
 
         Returns:
-            The OpenAI-format response; ``choices[0]["token_ids"]`` holds the sampled ids.
+            The service's OpenAI-format response, unchanged.
 
         Raises:
             NoServiceAvailableError: no service was UP within ``service_wait_timeout_s``.
@@ -270,15 +251,15 @@ class Router:
             task.error = f"{type(exc).__name__}: {exc}"
             await self._log(task, body, service, started, attempts)
             raise
-        ids, logprobs, finish = completion_tokens(response)
-        choice = response["choices"][0]
-        choice.setdefault("token_ids", ids)
+        completion = parse_chat_completion(response, service.endpoint)
         task.status = DispatchStatus.COMPLETED
         task.response = response
-        task.completion_token_ids, task.logprobs, task.finish_reason = ids, logprobs, finish
-        task.weight_version = str(
-            (response.get("metadata") or {}).get("weight_version") or service.weight_version
-        )
+        task.prompt_token_ids = completion.prompt_token_ids
+        task.completion_token_ids = completion.completion_token_ids
+        task.logprobs, task.finish_reason = completion.logprobs, completion.finish_reason
+        task.temperature = logprob_temperature(body)
+        task.weight_version = completion.weight_version or service.weight_version
+        task.weight_versions = completion.weight_versions
         await self._log(task, body, service, started, attempts)
         return response
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 
-from agentrl.inference.engine.app import parse_tool_calls
+from agentrl.inference.engine.chat import parse_tool_calls
 from tests.inference.conftest import forward_logprobs
 
 pytestmark = pytest.mark.slow
@@ -24,26 +24,32 @@ def chat(url: str, **body: Any) -> dict[str, Any]:
     return resp.json()
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_chat_completion_token_ids_decode_to_text_and_logprobs_match_forward(
-    engine_url: str, hf_model: tuple[Any, Any]
+    engine_url: str, hf_model: tuple[Any, Any], temperature: float
 ) -> None:
+    """SGLang's fields and semantics: the prompt and sampled ids under ``prompt_token_ids`` /
+    ``response_token_ids``, logprobs ``log_softmax(logits / T)`` of the sampled tokens."""
     model, tokenizer = hf_model
     out = chat(engine_url, model="SmolLM2-135M-Instruct", messages=QUESTION, max_tokens=12,
-               temperature=1.0, seed=3, logprobs=True)
+               temperature=temperature, seed=3, logprobs=True, return_token_ids=True)
     choice = out["choices"][0]
-    ids = choice["token_ids"]
+    ids = choice["response_token_ids"]
     content = choice["logprobs"]["content"]
-    assert [c["token_id"] for c in content] == ids
+    assert len(content) == len(ids) and "token_id" not in content[0]
     assert 0 < len(ids) <= 12
     assert tokenizer.decode(ids, skip_special_tokens=True) == choice["message"]["content"]
     prompt = tokenizer.encode(
         tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False),
         add_special_tokens=False,
     )
-    assert out["prompt_token_ids"] == prompt
-    expected = forward_logprobs(model, prompt, ids)
+    assert choice["prompt_token_ids"] == prompt and "prompt_token_ids" not in out
+    expected = forward_logprobs(model, prompt, ids, temperature)
     got = [c["logprob"] for c in content]
     assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-3
+    if temperature != 1.0:  # not the raw distribution's
+        raw = forward_logprobs(model, prompt, ids)
+        assert max(abs(a - b) for a, b in zip(got, raw, strict=True)) > 1e-2
     assert out["usage"]["completion_tokens"] == len(ids)
     if len(ids) == 12 and ids[-1] != tokenizer.eos_token_id:
         assert choice["finish_reason"] == "length"
@@ -66,7 +72,7 @@ def test_concurrent_requests_are_batched_and_each_matches_a_forward_pass(
             calls = [
                 client.post(f"{engine_url}/v1/chat/completions", json={
                     "messages": m, "max_tokens": 3 + 2 * i, "temperature": 0.8, "seed": i,
-                    "logprobs": True, "ignore_eos": True})
+                    "logprobs": True, "ignore_eos": True, "return_token_ids": True})
                 for i, m in enumerate(prompts)
             ]
             return [r.json() for r in await asyncio.gather(*calls)]
@@ -74,24 +80,25 @@ def test_concurrent_requests_are_batched_and_each_matches_a_forward_pass(
     outs = asyncio.run(run())
     for i, (messages, out) in enumerate(zip(prompts, outs, strict=True)):
         choice = out["choices"][0]
-        ids = choice["token_ids"]
+        ids = choice["response_token_ids"]
         assert len(ids) == 3 + 2 * i
         assert choice["finish_reason"] == "length"
         prompt = tokenizer.encode(
             tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
             add_special_tokens=False,
         )
-        expected = forward_logprobs(model, prompt, ids)
+        expected = forward_logprobs(model, prompt, ids, temperature=0.8)
         got = [c["logprob"] for c in choice["logprobs"]["content"]]
         assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-3
 
 
 def test_n_choices_seed_and_stop(engine_url: str) -> None:
-    body = {"messages": QUESTION, "max_tokens": 8, "n": 2, "seed": 7, "logprobs": True}
+    body = {"messages": QUESTION, "max_tokens": 8, "n": 2, "seed": 7, "logprobs": True,
+            "return_token_ids": True}
     first, second = chat(engine_url, **body), chat(engine_url, **body)
     assert len(first["choices"]) == 2
-    assert [c["token_ids"] for c in first["choices"]] == [c["token_ids"] for c in
-                                                          second["choices"]]
+    assert [c["response_token_ids"] for c in first["choices"]] == [
+        c["response_token_ids"] for c in second["choices"]]
     greedy = chat(engine_url, messages=QUESTION, max_tokens=20, temperature=0)
     text = greedy["choices"][0]["message"]["content"]
     words = text.split()
@@ -133,11 +140,11 @@ def test_update_weights_from_disk_changes_version_and_logprobs_then_restores(
     finally:
         model.load_state_dict(state)
 
-    before = httpx.get(f"{engine_url}/get_weight_version").json()["weight_version"]
+    before = httpx.get(f"{engine_url}/model_info").json()["weight_version"]
     resp = httpx.post(f"{engine_url}/update_weights_from_disk", timeout=120,
                       json={"model_path": str(tmp_path / "perturbed"), "weight_version": "5"})
     assert resp.status_code == 200 and resp.json()["success"] is True
-    assert httpx.get(f"{engine_url}/get_weight_version").json()["weight_version"] == "5" != before
+    assert httpx.get(f"{engine_url}/model_info").json()["weight_version"] == "5" != before
     assert httpx.get(f"{engine_url}/get_model_info").json()["weight_version"] == "5"
     perturbed = score(engine_url, ids)
     assert max(abs(a - b) for a, b in zip(perturbed, perturbed_expected, strict=True)) < 1e-3
@@ -152,7 +159,7 @@ def test_update_weights_from_disk_changes_version_and_logprobs_then_restores(
     bad = httpx.post(f"{engine_url}/update_weights_from_disk", timeout=60,
                      json={"model_path": str(tmp_path / "missing")})
     assert bad.status_code == 400 and bad.json()["success"] is False
-    assert httpx.get(f"{engine_url}/get_weight_version").json()["weight_version"] == "6"
+    assert httpx.get(f"{engine_url}/model_info").json()["weight_version"] == "6"
 
 
 def test_tool_calls_are_parsed_from_hermes_blocks() -> None:
@@ -192,7 +199,7 @@ def test_release_holds_requests_until_resume_and_control_endpoints(engine_url: s
             assert load[0]["num_reqs"] == 1
             assert (await client.post("/resume_memory_occupation", json={})).json()["success"]
             out = (await pending).json()
-            assert len(out["choices"][0]["token_ids"]) >= 1
+            assert out["usage"]["completion_tokens"] >= 1
 
             assert (await client.post("/pause_generation", json={"mode": "in_place"})).status_code \
                 == 200

@@ -93,7 +93,7 @@ def test_manager_lifecycle_with_cpu_engine(
         wait_for(lambda: naive(manager.service.heartbeat_at) > first_beat, 10, "a heartbeat")
 
         out = route_once(config, dbs, record, 0)
-        assert 1 <= len(out["choices"][0]["token_ids"]) <= 4
+        assert 1 <= len(out["choices"][0]["response_token_ids"]) <= 4
 
         # release: DOWN, calls wait; resume: UP, the waiting call completes
         manager.release_memory_occupation()
@@ -108,15 +108,14 @@ def test_manager_lifecycle_with_cpu_engine(
         assert not result
         manager.resume_memory_occupation()
         caller.join(timeout=120)
-        assert result["choices"][0]["token_ids"]
+        assert result["choices"][0]["response_token_ids"]
         assert manager.service.status == ServiceStatus.UP
 
         # weights from disk: the service's version becomes str(version)
         hf_model[0].save_pretrained(tmp_path / "step3")
         manager.update_weights(tmp_path / "step3", 3)
         assert manager.service.weight_version == "3"
-        assert httpx.get(f"{manager.endpoint}/get_weight_version").json() == {
-            "weight_version": "3"}
+        assert httpx.get(f"{manager.endpoint}/model_info").json()["weight_version"] == "3"
 
         # SIGKILL the engine: detected, restarted with the latest weights, registered UP again
         old_pid = manager.process.pid
@@ -125,7 +124,7 @@ def test_manager_lifecycle_with_cpu_engine(
                  and manager.service.status == ServiceStatus.UP, 240, "the engine restart")
         new_pid, port = manager.process.pid, manager.port
         assert new_pid != old_pid
-        assert httpx.get(f"{manager.endpoint}/get_weight_version").json()["weight_version"] == "3"
+        assert httpx.get(f"{manager.endpoint}/model_info").json()["weight_version"] == "3"
         out = route_once(config, dbs, record, 2)
         assert out["metadata"]["weight_version"] == "3"
 

@@ -15,7 +15,7 @@ from agentrl.errors import ConfigError
 from agentrl.inference.services import (
     list_services,
     register_configured_services,
-    register_external_service,
+    register_service,
 )
 
 KEY = "sk-very-secret-key-42"
@@ -49,7 +49,7 @@ def test_cli_add_and_list_never_show_the_key(
     assert KEY not in caplog.text
 
     # adding again updates in place, keeping one document
-    register_external_service(dbs.store, "https://api.example.com", "gpt-eval", "sk-new")
+    register_service(dbs.store, "https://api.example.com", "gpt-eval", "sk-new")
     assert len(list_services(dbs.store)) == 1
 
 
