@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from agentrl.inference.engine.chat import parse_tool_calls
+from agentrl.inference.engine.runner import GenerationRequest, ModelRunner
 from tests.inference.conftest import forward_logprobs
 
 pytestmark = pytest.mark.slow
@@ -215,3 +216,82 @@ def test_release_holds_requests_until_resume_and_control_endpoints(engine_url: s
             assert (await client.get("/health")).status_code == 200
 
     asyncio.run(run())
+
+
+async def _wait_running(client: httpx.AsyncClient, rows: int) -> None:
+    """Until the engine decodes ``rows`` rows."""
+    while (await client.get("/get_load")).json()[0]["num_running_reqs"] < rows:
+        await asyncio.sleep(0.02)
+
+
+def test_weight_update_waits_for_in_flight_requests(engine_url: str, model_dir: Path) -> None:
+    """Not paused, an update waits until no request is in flight (SGLang's writer lock), so
+    every token of a call comes from the version its reply names."""
+    long_body = {"messages": QUESTION, "max_tokens": 40, "ignore_eos": True, "temperature": 0}
+
+    async def run() -> tuple[dict[str, Any], bool, dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=engine_url, timeout=120) as client:
+            before = (await client.get("/model_info")).json()["weight_version"]
+            long = asyncio.create_task(client.post("/v1/chat/completions", json=long_body))
+            await asyncio.wait_for(_wait_running(client, 1), 60)
+            update = await client.post("/update_weights_from_disk", json={
+                "model_path": str(model_dir), "weight_version": f"{before}-next"})
+            assert update.json()["success"] is True
+            finished_first = long.done()
+            after = (await client.post("/v1/chat/completions", json={
+                "messages": QUESTION, "max_tokens": 2})).json()
+            out = (await long).json()
+            assert out["metadata"]["weight_version"] == before
+            return out, finished_first, after
+
+    out, finished_first, after = asyncio.run(run())
+    assert finished_first  # the update returned only after the in-flight request ended
+    assert out["metadata"]["weight_versions"] == [
+        {"version": out["metadata"]["weight_version"], "start": 0, "end": 40}]
+    assert after["metadata"]["weight_version"] == out["metadata"]["weight_version"] + "-next"
+
+
+def test_update_while_paused_is_immediate_and_spans_name_each_tokens_weights(
+    engine_url: str, model_dir: Path
+) -> None:
+    """Paused in place, an update loads at once (as SGLang does) and the reply's
+    ``weight_versions`` spans cover every token, the last with the new version."""
+    body = {"messages": QUESTION, "max_tokens": 24, "ignore_eos": True, "temperature": 0}
+
+    async def run() -> tuple[dict[str, Any], bool]:
+        async with httpx.AsyncClient(base_url=engine_url, timeout=120) as client:
+            pending = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+            await asyncio.wait_for(_wait_running(client, 1), 60)
+            await client.post("/pause_generation", json={"mode": "in_place"})
+            update = await client.post("/update_weights_from_disk", json={
+                "model_path": str(model_dir), "weight_version": "paused-update"})
+            held = not pending.done()
+            await client.post("/continue_generation", json={})
+            assert update.json()["success"] is True
+            return (await pending).json(), held
+
+    out, held = asyncio.run(run())
+    assert held  # the update did not wait for the paused request
+    spans = out["metadata"]["weight_versions"]
+    assert spans[-1] == {"version": "paused-update", "start": spans[-1]["start"], "end": 24}
+    assert [s["start"] for s in spans] == [0] + [s["end"] for s in spans[:-1]]
+    assert out["metadata"]["weight_version"] == "paused-update"
+
+
+def test_runner_records_the_weights_of_each_token(model_dir: Path) -> None:
+    """Weights loaded between two decode steps: the spans split exactly there."""
+    runner = ModelRunner(model_dir, weight_version="v1")
+    steps = 0
+
+    def before_step() -> bool:
+        nonlocal steps
+        steps += 1
+        if steps == 3:  # tokens 0 and 1 are sampled; token 2 onwards by v2
+            runner.load_weights(model_dir, "v2")
+        return True
+
+    row = GenerationRequest(prompt_ids=runner.render_chat(QUESTION, None), max_new_tokens=6,
+                            temperature=0, ignore_eos=True)
+    runner.generate([row], before_step=before_step)
+    assert row.weight_versions == [{"version": "v1", "start": 0, "end": 2},
+                                   {"version": "v2", "start": 2, "end": 6}]
