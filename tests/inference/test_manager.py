@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 import redis.asyncio as aioredis
+import torch
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
@@ -32,6 +33,7 @@ from agentrl.databases import (
 from agentrl.inference.manager import InferenceManager
 from agentrl.inference.routing import Router
 from tests.conftest import free_port
+from tests.inference.conftest import forward_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -172,3 +174,44 @@ def test_sigterm_stops_engine_and_marks_service_down(
     assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == "zombie"
     (service,) = dbs.store.find(InferenceService)
     assert service.status == ServiceStatus.DOWN
+
+
+def test_resume_routes_only_after_the_weights_are_restored(
+    config: AgentTrainingConfig, dbs: Databases, hf_model: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Without a CPU weight backup the engine comes back from a release with its start weights
+    (as SGLang's memory saver does): the manager loads the published weights again and checks
+    the served version before the service is UP, so the call that waited is answered by them."""
+    manager_config(config)
+    config.inf_weights_cpu_backup = False
+    model, tokenizer = hf_model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+        model.save_pretrained(tmp_path / "step1")
+        prompt = tokenizer.encode(tokenizer.apply_chat_template(
+            MESSAGES, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+        record = Record(task_id="t-resume", traj_id=0, epoch=1)
+        with InferenceManager(config, dbs) as manager:
+            manager.update_weights(tmp_path / "step1", 1)
+            manager.release_memory_occupation()
+            result: dict[str, Any] = {}
+            caller = threading.Thread(
+                target=lambda: result.update(route_once(config, dbs, record, 0)))
+            caller.start()
+            manager.resume_memory_occupation()
+            caller.join(timeout=120)
+            assert manager.service.status == ServiceStatus.UP
+        choice = result["choices"][0]
+        served = [c["logprob"] for c in choice["logprobs"]["content"]]
+        perturbed = forward_logprobs(model, prompt, choice["response_token_ids"])
+    finally:
+        model.load_state_dict(state)
+    base = forward_logprobs(model, prompt, choice["response_token_ids"])
+    assert max(abs(a - b) for a, b in zip(served, perturbed, strict=True)) < 1e-3
+    assert max(abs(a - b) for a, b in zip(served, base, strict=True)) > 1e-2
+    (call,) = dbs.store.find(DispatchedSamplingTask, {"record_id": record.id})
+    assert call.weight_version == "1"

@@ -1,22 +1,34 @@
-"""External services: registered from the CLI and the config; keys never shown or logged."""
+"""Services registered from the CLI and the config (external APIs, SGLang nodes); keys never
+shown or logged."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 
 import pytest
+import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
 from agentrl.cli import app
 from agentrl.configs import AgentTrainingConfig
-from agentrl.databases import Databases, InferenceService, ServiceStatus
+from agentrl.databases import (
+    AsyncMongoStore,
+    Databases,
+    DispatchedSamplingTask,
+    InferenceService,
+    ServiceStatus,
+)
 from agentrl.errors import ConfigError
+from agentrl.inference.routing import Router
 from agentrl.inference.services import (
     list_services,
     register_configured_services,
     register_service,
 )
+from tests.inference.stub_server import StubServer
 
 KEY = "sk-very-secret-key-42"
 
@@ -66,3 +78,38 @@ def test_services_from_config(config: AgentTrainingConfig, dbs: Databases) -> No
     with pytest.raises(ConfigError, match="model") as info:
         register_configured_services(config, dbs.store)
     assert KEY not in str(info.value)
+
+
+def test_cli_add_sglang_node_is_routed_without_heartbeat_and_asked_for_ids(
+    config: AgentTrainingConfig, dbs: Databases
+) -> None:
+    """An SGLang server on another node, registered with --kind sglang: routed to long after
+    any heartbeat would have expired, and its calls ask for and store token ids."""
+    config.service_heartbeat_ttl_s = 0.5
+    with StubServer() as stub:
+        added = CliRunner().invoke(app, ["services", "add", stub.url("node"), "--model",
+                                         config.model_name, "--kind", "sglang"])
+        assert added.exit_code == 0, added.output
+        (service,) = dbs.store.find(InferenceService)
+        assert service.kind == "sglang" and service.managed is False
+        dbs.store.collection(InferenceService).update_one(
+            {"_id": service.id}, {"$set": {"heartbeat_ts": time.time() - 3600}})
+
+        async def run() -> None:
+            store = AsyncMongoStore(dbs.mongo_uri, config.db_name)
+            client = aioredis.Redis.from_url(config.redis_url, decode_responses=True)
+            router = Router(config, store, client)
+            try:
+                await router.create_chat_completion([{"role": "user", "content": "hi"}])
+            finally:
+                await router.aclose()
+                await client.aclose()
+                await store.close()
+
+        asyncio.run(run())
+    ((sid, body),) = stub.bodies
+    assert sid == "node" and body["return_token_ids"] is True
+    (call,) = dbs.store.find(DispatchedSamplingTask)
+    assert call.completion_token_ids == [11, 12, 13] and call.prompt_token_ids == [1, 2, 3, 4]
+    bad = CliRunner().invoke(app, ["services", "add", "http://x", "--model", "m", "--kind", "gpu"])
+    assert bad.exit_code != 0
