@@ -391,7 +391,7 @@ class Trainer:
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         lr = float(self.scheduler.get_last_lr()[0])
-        applied = bool(parts) and math.isfinite(grad_norm)
+        applied = self._any_rank(bool(parts)) and math.isfinite(grad_norm)
         if applied:
             self.optimizer.step()
             self.scheduler.step()
@@ -419,6 +419,14 @@ class Trainer:
             }
         )
         return metrics
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on some rank (so that all ranks apply a step or none does)."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([1 if flag else 0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def _micro_step(
         self, micro: TrainBatch, step: int, normalizer: float
