@@ -263,6 +263,14 @@ class AgentTrainingConfig(BaseSettings):
     inf_mem_ratio: float = Field(
         0.8, gt=0.0, le=1.0, description="GPU memory fraction for SGLang (--mem-fraction-static)."
     )
+    inf_weights_cpu_backup: bool = Field(
+        True,
+        description=(
+            "Keep a CPU copy of the served weights across release/resume of the engine's memory "
+            "(SGLang --enable-weights-cpu-backup); off: the manager pushes the weights again "
+            "after each resume."
+        ),
+    )
     engine_host: str = Field("127.0.0.1", description="Host the inference engine binds.")
     engine_base_port: int = Field(
         30000, ge=1024, le=65000, description="First engine port; DP group g uses base + 10*g."

@@ -377,6 +377,21 @@ class InferenceRequestError(InferenceError):
         super().__init__(f"request to {endpoint} failed{status}: {reason}")
 
 
+class UnusableResponseError(InferenceRequestError):
+    """Raised when a service answers HTTP 200 with a reply that must not be scored or trained:
+    ``finish_reason: "abort"`` (an interrupted request, e.g. by ``/pause_generation``) or no
+    choices. It is transient: the call is retried (``request_max_attempts``).
+
+    Attributes:
+        endpoint: the service URL called.
+        finish_reason: the finish reason of the reply (``None`` when it had no choices).
+    """
+
+    def __init__(self, endpoint: str, reason: str, finish_reason: str | None = None) -> None:
+        super().__init__(endpoint, reason, status_code=200, transient=True)
+        self.finish_reason = finish_reason
+
+
 # --- training ------------------------------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ from agentrl.celery_app import app as default_app
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import MongoStore, Record, RecordStatus, Task, TaskStatus, init_databases
 from agentrl.errors import EvaluationError
-from agentrl.inference.services import register_external_service
+from agentrl.inference.services import register_service
 
 EVALUATE_TASK = "agentrl.evaluate"
 """Name of the evaluation job (kwargs: an :class:`EvaluationSpec`)."""
@@ -258,7 +258,7 @@ def evaluate(
         app = default_app if config is None else make_app(config)
     if service_url:
         with init_databases(config or app_config(app)) as dbs:
-            register_external_service(dbs.store, service_url, model, api_key)
+            register_service(dbs.store, service_url, model, api_key)
     spec = EvaluationSpec(
         evaluation_id=evaluation_id, sampler=sampler, dataset=str(Path(dataset).resolve()),
         model=model, split=split, num_samples=num_samples, limit=limit, max_wait_s=max_wait_s,

@@ -60,11 +60,17 @@ def fake_server(port: int) -> None:
                 if length:
                     await reader.readexactly(length)
                 await asyncio.sleep(int(path.strip("/").split("/")[0]) / 1000)
-                body = json.dumps({
-                    "id": uuid.uuid4().hex, "object": "chat.completion", "model": "fake",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "ok"}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                body = json.dumps({  # SGLang 0.5.23's reply to a request without logprobs/ids
+                    "id": uuid.uuid4().hex, "object": "chat.completion",
+                    "created": int(time.time()), "model": "fake",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok",
+                                                         "reasoning_content": None},
+                                 "logprobs": None, "finish_reason": "stop", "matched_stop": None}],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 2, "completion_tokens": 1,
+                              "prompt_tokens_details": None, "reasoning_tokens": 0,
+                              "completion_tokens_details": None},
+                    "metadata": {"weight_version": "0",
+                                 "weight_versions": [{"version": "0", "start": 0, "end": 1}]},
                 }).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))

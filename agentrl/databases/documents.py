@@ -290,9 +290,11 @@ class Record(Document):
 
 @register_new_model
 class DispatchedSamplingTask(Document):
-    """One LLM call of a trajectory: request, response, sampled tokens and their logprobs.
+    """One LLM call of a trajectory: request, response, the engine's tokens and their logprobs.
 
-    ``completion_token_ids[i]`` was sampled with behaviour logprob ``logprobs[i]`` (natural log).
+    ``prompt_token_ids`` are the ids the engine prefilled and ``completion_token_ids`` the ids it
+    sampled (both empty for services that return no ids); ``completion_token_ids[i]`` was sampled
+    with behaviour logprob ``logprobs[i]`` (natural log) of the distribution at ``temperature``.
     """
 
     collection_name: ClassVar[str] = "dispatched_sampling_tasks"
@@ -304,13 +306,33 @@ class DispatchedSamplingTask(Document):
     status: DispatchStatus = DispatchStatus.PENDING
     request: dict[str, Any] = Field(default_factory=dict, description="messages, tools, params.")
     response: dict[str, Any] | None = Field(None, description="The OpenAI-format response.")
-    completion_token_ids: list[int] = Field(default_factory=list)
+    prompt_token_ids: list[int] = Field(
+        default_factory=list, description="Token ids the engine prefilled (SGLang's choice field)."
+    )
+    completion_token_ids: list[int] = Field(
+        default_factory=list, description="Token ids the engine sampled (response_token_ids)."
+    )
     logprobs: list[float] = Field(default_factory=list, description="Behaviour logprobs (nats).")
+    temperature: float | None = Field(
+        None,
+        description=(
+            "Temperature of the distribution the logprobs are of (1.0 for greedy calls; None: "
+            "the request set none)."
+        ),
+    )
     finish_reason: str | None = Field(None, description="stop | length | tool_calls | ...")
     service_id: str | None = None
     endpoint: str | None = None
     model: str | None = None
-    weight_version: str | None = Field(None, description="Weights that answered the call.")
+    weight_version: str | None = Field(
+        None, description="Weights that sampled the call's first token (all of them, unless "
+        "weight_versions lists several)."
+    )
+    weight_versions: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="[{version, start, end}] output-token spans when several weight versions "
+        "sampled the call (an update while it was paused); empty otherwise.",
+    )
     created_at_step: int = Field(0, ge=0, description="Global step when the call was made.")
     started_at: UTCDateTime | None = None
     finished_at: UTCDateTime | None = None
@@ -348,6 +370,13 @@ class InferenceService(Document):
     )
     weight_version: str = Field("0", description="Version of the weights it serves.")
     dp_rank: int = Field(0, ge=0)
+    managed: bool = Field(
+        True,
+        description=(
+            "Started and heartbeated by an InferenceManager; a service registered with "
+            "`agentrl services add` is not, and is routed to without a heartbeat."
+        ),
+    )
     api_key: SecretStr | None = Field(None, description="Bearer key for external endpoints.")
 
     def public_view(self) -> dict[str, Any]:

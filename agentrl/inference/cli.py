@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,15 @@ from agentrl.configs import load_config
 from agentrl.databases import init_databases
 from agentrl.inference.engine.server import serve
 from agentrl.inference.model_files import DEFAULT_MODEL_NAME
-from agentrl.inference.services import list_services, register_external_service
+from agentrl.inference.services import list_services, register_service
+
+
+class ServiceKindOption(StrEnum):
+    """Choices of ``agentrl services add --kind``."""
+
+    EXTERNAL = "external"
+    SGLANG = "sglang"
+
 
 engine_app = typer.Typer(help="Run the CPU inference engine.", no_args_is_help=True)
 services_app = typer.Typer(help="Register and list inference services.", no_args_is_help=True)
@@ -43,17 +52,23 @@ def engine_serve(
 @services_app.command("add", context_settings=CONFIG_FLAGS_CONTEXT, epilog=config_flags_help())
 def services_add(
     ctx: typer.Context,
-    url: Annotated[str, typer.Argument(help="Base URL of the OpenAI-compatible endpoint.")],
+    url: Annotated[str, typer.Argument(help="Base URL of the endpoint (without /v1).")],
     model: Annotated[str, typer.Option("--model", help="Model name it serves.")],
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="AGENTRL_SERVICE_API_KEY", help="Bearer key (stored, never shown).",
         show_envvar=False)] = None,
+    kind: Annotated[ServiceKindOption, typer.Option(
+        "--kind", help="external: an OpenAI-compatible API (no token ids; trained through the "
+        "chat template); sglang: an SGLang server on another node (token-exact).")] = (
+        ServiceKindOption.EXTERNAL
+    ),
     config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
 ) -> None:
-    """Register an external OpenAI-compatible endpoint as an UP inference service."""
+    """Register an endpoint that runs elsewhere (an OpenAI API or an SGLang server) as an UP
+    inference service."""
     cfg = load_config(config, **parse_config_flags(ctx.args))
     with init_databases(cfg) as dbs:
-        service = register_external_service(dbs.store, url, model, api_key)
+        service = register_service(dbs.store, url, model, api_key, kind=kind.value)
     typer.echo(json.dumps(service.public_view(), default=str))
 
 

@@ -9,7 +9,10 @@ dead engine (same port, latest weights) and registers it again.
 Weight updates: ``release_memory_occupation()`` marks the service DOWN (routers stop sending and
 samplers wait), waits for in-flight requests to drain (pausing generation in place after
 ``release_drain_timeout_s``) and frees the engine's memory; ``resume_memory_occupation()`` reloads
-it and marks it UP; ``update_weights(dir, version)`` loads a ``save_pretrained`` directory.
+it, restores the served weights (the engine's CPU backup, ``inf_weights_cpu_backup``, or else the
+last directory loaded again), checks that the engine reports this manager's weight version, and
+only then marks the service UP; ``update_weights(dir, version)`` loads a ``save_pretrained``
+directory.
 On ``stop()``, on exit, on an exception in a ``with`` block, or on SIGTERM the engine's process
 group is terminated and the service marked DOWN.
 
@@ -268,16 +271,38 @@ class InferenceManager:
             self._client.release_memory_occupation()
 
     def resume_memory_occupation(self) -> None:
-        """Reload the engine's memory, continue paused requests and mark the service UP."""
+        """Reload the engine's memory and weights, continue paused requests, then mark the
+        service UP.
+
+        Raises:
+            WeightUpdateError: the weights could not be restored, or the engine then reports
+                another weight version than this manager's (the service stays DOWN).
+        """
         if not self.owns_engine or self._client is None:
             return
         with self._lock:
             self._client.resume_memory_occupation()
+            self._restore_weights()
             if self._paused:
                 self._client.continue_generation()
                 self._paused = False
             self._released = False
             self._set_status(ServiceStatus.UP)
+
+    def _restore_weights(self) -> None:
+        """After a resume: load the last weights again unless the engine kept a CPU backup, then
+        check that it serves :attr:`weight_version`."""
+        if self._client is None:
+            return
+        if not self.config.inf_weights_cpu_backup and self._weights_dir is not None:
+            self._client.update_weights_from_disk(self._weights_dir, self.weight_version)
+        served = self._client.weight_version()
+        if served != self.weight_version:
+            raise WeightUpdateError(
+                self._weights_dir or str(self._model_path),
+                f"after resume the engine reports weight version {served!r}, expected "
+                f"{self.weight_version!r}; the service stays DOWN",
+            )
 
     def update_weights(self, model_dir: str | Path, version: int) -> None:
         """Load the weights a trainer saved with ``save_pretrained(model_dir)`` into the engine.

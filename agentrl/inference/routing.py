@@ -4,28 +4,33 @@ as a `DispatchedSamplingTask` of its attempt.
 One call of :meth:`Router.create_chat_completion`:
 
 1. **pick** — the live services serving the model (UP, heartbeat younger than
-   ``service_heartbeat_ttl_s``, or external; read from MongoDB at most every
+   ``service_heartbeat_ttl_s``, or not managed by a trainer — external endpoints and SGLang
+   nodes added with ``agentrl services add``; read from MongoDB at most every
    :data:`SERVICE_CACHE_S`) whose circuit is closed; one Redis script takes a slot on the one
    with the fewest running requests. A slot is an expiring lease (renewed by the process's
    heartbeat), so the requests of a killed worker stop counting after ``lease_ttl_s``. While no
    service is routable (a weight update, an outage) the call waits.
-2. **send** — ``POST <endpoint>/v1/chat/completions`` with temperature / top_p / max_tokens from
-   the config unless overridden and ``logprobs: true``. A transient failure (connection error,
-   timeout, 408/429/5xx, an aborted reply) counts against the service's circuit breaker: after
-   ``request_max_attempts`` in a row the circuit opens for ``circuit_open_s`` (doubling while the
-   service keeps failing), then one probe request is let through. The call backs off
+2. **send** — ``POST <endpoint>/v1/chat/completions`` with the body of
+   :func:`~agentrl.inference.protocol.build_chat_body` (config sampling defaults unless
+   overridden, ``logprobs: true``, ``return_token_ids: true`` for SGLang and the CPU engine). A
+   transient failure (connection error, timeout, 408/429/5xx, an HTTP 200 reply with
+   ``finish_reason: "abort"`` or no choices) counts against the service's circuit breaker:
+   after ``request_max_attempts`` in a row the circuit opens for ``circuit_open_s`` (doubling
+   while the service keeps failing), then one probe request is let through. The call backs off
    (exponential, capped, with jitter) and tries again, on any routable service, until
    ``service_wait_timeout_s`` has passed: an outage is waited out, not scored. The reason is
    kept in Redis (``RedisKeys.sampling_paused``) for ``agentrl status`` and logged.
 3. **log** — the call's DispatchedSamplingTask (request with large images moved to the object
-   store, response, completion token ids and behaviour logprobs, finish reason, service,
-   endpoint, weight version, ``created_at_step``, timings) goes ``pending → running →
-   completed | failed | cancelled`` through its attempt (:class:`CallRecorder`, the ledger's
-   write buffer); a call made outside a trajectory is inserted once when it ends.
+   store, response, prompt and completion token ids, behaviour logprobs and the temperature
+   they are of, finish reason, service, endpoint, weight version(s), ``created_at_step``,
+   timings) goes ``pending → running → completed | failed | cancelled`` through its attempt
+   (:class:`CallRecorder`, the ledger's write buffer); a call made outside a trajectory is
+   inserted once when it ends.
 
-The returned response is OpenAI-format; ``choices[0]["token_ids"]`` holds the sampled token ids
-and ``choices[0]["logprobs"]["content"][i]["token_id"]`` / ``["logprob"]`` each token's id and
-logprob (nats).
+The returned response is the service's, unchanged: with SGLang and the CPU engine,
+``choices[0]["prompt_token_ids"]`` / ``["response_token_ids"]`` hold the prefilled and sampled ids
+and ``choices[0]["logprobs"]["content"][i]["logprob"]`` the logprob (nats) of sampled token ``i``
+(see :mod:`agentrl.inference.protocol`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,12 @@ from agentrl.databases import (
 )
 from agentrl.databases.objectstore import ObjectStore, externalize, open_object_store
 from agentrl.errors import InferenceRequestError, NoServiceAvailableError
+from agentrl.inference.protocol import (
+    body_for_kind,
+    build_chat_body,
+    logprob_temperature,
+    parse_chat_completion,
+)
 from agentrl.rollout.leases import LeaseKeeper
 from agentrl.rollout.ledger import RedisKeys
 
@@ -117,21 +128,6 @@ class Circuit:
         return self.open_until == 0.0 or (now >= self.open_until and not self.probing)
 
 
-def completion_tokens(response: dict[str, Any]) -> tuple[list[int], list[float], str | None]:
-    """Token ids, logprobs (nats) and finish reason of the first choice of a response.
-
-    Token ids come from ``choices[0].token_ids`` or, failing that, from
-    ``logprobs.content[i].token_id``; either may be empty for services that do not return them.
-    """
-    choice = (response.get("choices") or [{}])[0]
-    content = ((choice.get("logprobs") or {}).get("content")) or []
-    logprobs = [float(item["logprob"]) for item in content if "logprob" in item]
-    ids = choice.get("token_ids")
-    if ids is None:
-        ids = [int(item["token_id"]) for item in content if "token_id" in item]
-    return [int(i) for i in ids], logprobs, choice.get("finish_reason")
-
-
 class Router:
     """Routes chat completions to inference services and records each call.
 
@@ -185,7 +181,8 @@ class Router:
         return {"$and": [
             {"status": ServiceStatus.UP.value},
             {"models": model},
-            {"$or": [{"kind": "external"}, {"heartbeat_ts": {"$gte": cutoff}}]},
+            {"$or": [{"kind": "external"}, {"managed": False},
+                     {"heartbeat_ts": {"$gte": cutoff}}]},
         ]}
 
     async def live_services(self, model: str) -> list[InferenceService]:
@@ -288,28 +285,15 @@ class Router:
         tools: list[dict] | None,
         params: dict[str, Any],
     ) -> dict[str, Any]:
-        """The chat-completions body: config sampling defaults, then ``params``, logprobs on."""
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "temperature": self.config.temperature,
-            "top_p": self.config.top_p,
-            "logprobs": True,
-        }
-        if "max_tokens" not in params and "max_completion_tokens" not in params:
-            body["max_tokens"] = self.config.max_new_tokens
-        if tools:
-            body["tools"] = tools
-        body.update(params)
-        return body
+        """The chat-completions body (:func:`~agentrl.inference.protocol.build_chat_body`)."""
+        return build_chat_body(self.config, model, messages, tools, params)
 
     async def _send(self, service: InferenceService, body: dict[str, Any]) -> dict[str, Any]:
         headers = {}
         if service.api_key is not None:
             headers["Authorization"] = f"Bearer {service.api_key.get_secret_value()}"
         url = f"{service.endpoint.rstrip('/')}/v1/chat/completions"
-        if service.kind == "external":
-            body = {k: v for k, v in body.items() if k not in ("ignore_eos", "stop_token_ids")}
+        body = body_for_kind(body, service.kind)
         try:
             resp = await self.http.post(url, json=body, headers=headers)
         except httpx.TransportError as exc:
@@ -323,8 +307,7 @@ class Router:
             data = resp.json()
         except ValueError as exc:
             raise InferenceRequestError(service.endpoint, "the response is not JSON") from exc
-        if not isinstance(data, dict) or not data.get("choices"):
-            raise InferenceRequestError(service.endpoint, "the response has no choices")
+        parse_chat_completion(data, service.endpoint)  # raises on an aborted or empty reply
         return data
 
     async def create_chat_completion(
@@ -347,7 +330,7 @@ class Router:
                 n, seed, stop, ...).
 
         Returns:
-            The OpenAI-format response; ``choices[0]["token_ids"]`` holds the sampled ids.
+            The service's OpenAI-format response, unchanged.
 
         Raises:
             NoServiceAvailableError: no service answered within ``service_wait_timeout_s``.
@@ -382,15 +365,15 @@ class Router:
             if recorder is None:
                 await self.store.insert(task)
             raise
-        ids, logprobs, finish = completion_tokens(response)
-        choice = response["choices"][0]
-        choice.setdefault("token_ids", ids)
+        completion = parse_chat_completion(response, service.endpoint)
         task.status = DispatchStatus.COMPLETED
         task.response = response
-        task.completion_token_ids, task.logprobs, task.finish_reason = ids, logprobs, finish
-        task.weight_version = str(
-            (response.get("metadata") or {}).get("weight_version") or service.weight_version
-        )
+        task.prompt_token_ids = completion.prompt_token_ids
+        task.completion_token_ids = completion.completion_token_ids
+        task.logprobs, task.finish_reason = completion.logprobs, completion.finish_reason
+        task.temperature = logprob_temperature(body)
+        task.weight_version = completion.weight_version or service.weight_version
+        task.weight_versions = completion.weight_versions
         self._finish_log(task, recorder, started)
         if recorder is None:
             await self.store.insert(task)

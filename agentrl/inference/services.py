@@ -1,14 +1,20 @@
-"""The service registry from the operator's side: register external endpoints, list services.
+"""The service registry from the operator's side: register endpoints that run elsewhere, list
+services.
 
-An external OpenAI-compatible endpoint (an API model used for evaluation) is an
-:class:`InferenceService` of kind ``external``: status UP, no heartbeat needed, its API key stored
-for the router but never logged nor shown (:meth:`InferenceService.public_view` omits it).
+A service registered here is not started or watched by an InferenceManager: status UP,
+``managed`` false (routing needs no heartbeat from it), its API key stored for the router but never
+logged nor shown (:meth:`InferenceService.public_view` omits it). Its kind says what it answers:
+
+- ``external``: an OpenAI-compatible API (an API model used for evaluation); it returns no token
+  ids, so its calls train through the chat-template fallback;
+- ``sglang``: an SGLang server on another node (a dedicated inference node); calls ask it for
+  token ids (``return_token_ids``) and train token-exact, as on the trainer's own engines.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import InferenceService, MongoStore, ServiceStatus, utcnow
@@ -18,41 +24,48 @@ from agentrl.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def external_service_name(url: str, model: str) -> str:
-    """The registry name of an external service: ``external:<model>@<url>``."""
-    return f"external:{model}@{url.rstrip('/')}"
+ServiceKind = Literal["external", "sglang", "cpu"]
+"""What a registered endpoint answers: an OpenAI-compatible API, SGLang, or the CPU engine."""
 
 
-def register_external_service(
+def service_name(url: str, model: str, kind: str = "external") -> str:
+    """The registry name of a registered service: ``<kind>:<model>@<url>``."""
+    return f"{kind}:{model}@{url.rstrip('/')}"
+
+
+def register_service(
     store: MongoStore,
     url: str,
     model: str,
     api_key: str | None = None,
     name: str | None = None,
+    kind: ServiceKind = "external",
 ) -> InferenceService:
-    """Register (or update) an external OpenAI-compatible endpoint as an UP service.
+    """Register (or update) an endpoint that runs elsewhere as an UP, unmanaged service.
 
     Args:
         store: the MongoDB store.
         url: base URL; requests go to ``<url>/v1/chat/completions``.
         model: the model name it serves (what samplers ask for).
         api_key: bearer key, stored but never logged.
-        name: registry name (default :func:`external_service_name`).
+        name: registry name (default :func:`service_name`).
+        kind: ``external`` (OpenAI-compatible, no token ids), ``sglang`` or ``cpu`` (token ids
+            asked for and trained on).
 
     Returns:
         The stored document.
     """
-    name = name or external_service_name(url, model)
+    name = name or service_name(url, model, kind)
     doc = InferenceService(
-        name=name, endpoint=url.rstrip("/"), models=[model], kind="external",
-        status=ServiceStatus.UP, api_key=api_key,
+        name=name, endpoint=url.rstrip("/"), models=[model], kind=kind,
+        status=ServiceStatus.UP, api_key=api_key, managed=False,
     ).to_mongo()
     insert_only = ("_id", "created_at", TYPE_FIELD)
     on_insert = {key: doc.pop(key) for key in insert_only}
     doc["updated_at"] = utcnow()
     coll = store.collection(InferenceService)
     coll.update_one({"name": name}, {"$set": doc, "$setOnInsert": on_insert}, upsert=True)
-    log.info("registered external service %s (%s, key %s)", name, model,
+    log.info("registered %s service %s (%s, key %s)", kind, name, model,
              "set" if api_key else "none")
     return InferenceService.from_mongo(coll.find_one({"name": name}))
 
@@ -73,7 +86,7 @@ def register_configured_services(
                 "external_services", {k: v for k, v in entry.items() if k != "api_key"},
                 f"entry {i} lacks {missing}; give each service url and model (api_key optional)",
             )
-        services.append(register_external_service(
+        services.append(register_service(
             store, entry["url"], entry["model"], entry.get("api_key") or None
         ))
     return services

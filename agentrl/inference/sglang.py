@@ -27,6 +27,7 @@ def build_sglang_command(
     port: int,
     *,
     host: str | None = None,
+    weight_version: str = "0",
     python: str = sys.executable,
 ) -> list[str]:
     """The ``sglang.launch_server`` command line of one DP group's engine.
@@ -34,15 +35,22 @@ def build_sglang_command(
     Args:
         config: ``inf_tp_size`` → ``--tp-size``, ``inf_ep_size`` → ``--ep-size``,
             ``inf_mem_ratio`` → ``--mem-fraction-static``, ``model_name`` →
-            ``--served-model-name``, ``seed`` → ``--random-seed``, ``engine_host`` → ``--host``.
+            ``--served-model-name``, ``seed`` → ``--random-seed``, ``engine_host`` → ``--host``,
+            ``inf_weights_cpu_backup`` → ``--enable-weights-cpu-backup``.
         model_path: the HF model directory to serve.
         port: the TCP port of this DP group.
         host: interface to bind (default ``config.engine_host``).
+        weight_version: the version reported for the weights loaded at start (SGLang's own
+            default is ``default``; the service registry starts at ``0``).
         python: the interpreter.
 
     Returns:
-        The argv list (memory saver enabled so weights can be released and resumed).
+        The argv list: memory saver enabled so memory can be released and resumed, with a CPU
+        copy of the weights when ``inf_weights_cpu_backup`` (else the manager pushes them again
+        after a resume). Every flag exists in SGLang 0.5.23's ``ServerArgs`` (a contract test
+        parses it with SGLang's own parser).
     """
+    backup = ["--enable-weights-cpu-backup"] if config.inf_weights_cpu_backup else []
     return [
         python, "-m", "sglang.launch_server",
         "--model-path", str(model_path),
@@ -53,7 +61,9 @@ def build_sglang_command(
         "--mem-fraction-static", str(config.inf_mem_ratio),
         "--served-model-name", config.model_name,
         "--enable-memory-saver",
+        *backup,
         "--random-seed", str(config.seed),
+        "--weight-version", weight_version,
         "--trust-remote-code",
     ]
 
@@ -67,6 +77,7 @@ def build_cpu_engine_command(
     python: str = sys.executable,
 ) -> list[str]:
     """The ``python -m agentrl.inference.engine`` command line of the CPU engine."""
+    backup = ["--enable-weights-cpu-backup"] if config.inf_weights_cpu_backup else []
     return [
         python, "-m", "agentrl.inference.engine",
         "--model", str(model_path),
@@ -78,6 +89,7 @@ def build_cpu_engine_command(
         "--batch-wait-s", str(config.engine_batch_wait_s),
         "--weight-version", weight_version,
         "--num-threads", str(config.engine_num_threads),
+        *backup,
     ]
 
 
@@ -156,9 +168,16 @@ class EngineClient:
         return int(sum(int(item.get("num_reqs", 0)) for item in items))  # running + waiting
 
     def weight_version(self) -> str:
-        """The engine's weight version (``/get_weight_version``)."""
-        resp = self._http.get("/get_weight_version")
-        resp.raise_for_status()
+        """The engine's weight version (``weight_version`` of ``GET /model_info``).
+
+        Raises:
+            InferenceError: the engine did not answer.
+        """
+        try:
+            resp = self._http.get("/model_info")
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise InferenceError(f"GET {self.endpoint}/model_info failed: {exc}") from exc
         return str(resp.json()["weight_version"])
 
     def update_weights_from_disk(self, model_path: str | Path, version: str,

@@ -86,6 +86,7 @@ from agentrl.rollout.claims import Claim
 from agentrl.rollout.leases import LeaseKeeper, OwnedSet, owned_members, take_expired
 from agentrl.rollout.storable import check_document_size, to_storable
 from agentrl.rollout.writes import WriteBuffer
+from agentrl.training.datasets import is_token_exact
 
 log = logging.getLogger(__name__)
 
@@ -533,7 +534,6 @@ class Attempt:
     number: int
     record: Record
     lost: bool = False
-    token_exact: bool = True
     calls: dict[int, DispatchedSamplingTask] = field(default_factory=dict)
     _turn: int = 0
     _pending: list[asyncio.Future[None]] = field(default_factory=list)
@@ -561,8 +561,6 @@ class Attempt:
     def log_call(self, call: DispatchedSamplingTask) -> None:
         """Write (or rewrite) one of the attempt's calls through the write buffer."""
         call.attempt = self.number
-        if call.status == DispatchStatus.COMPLETED and not call.completion_token_ids:
-            self.token_exact = False
         self.calls[call.turn] = call
         self._pending.append(self.ledger.writes.upsert(call))
 
@@ -634,6 +632,14 @@ class Attempt:
             for key, value in own.items()
         }
         return {**outputs, "token_exact": self.token_exact}
+
+    @property
+    def token_exact(self) -> bool | None:
+        """Whether every completed call returned the engine's ids (``None``: no call)."""
+        calls = list(self.calls.values())
+        if not any(c.status == DispatchStatus.COMPLETED for c in calls):
+            return None
+        return is_token_exact(calls)
 
     @contextlib.asynccontextmanager
     async def scoring(self) -> AsyncIterator[None]:

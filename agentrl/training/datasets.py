@@ -4,10 +4,15 @@ A :class:`~agentrl.databases.Record` (one trajectory) owns its LLM calls, the
 :class:`~agentrl.databases.DispatchedSamplingTask` documents ordered by ``turn``. The converter
 turns them into one :class:`DBRecordData` per *contiguous conversation*:
 
-- **prefix merging**: when a later call's request starts with an earlier call's messages plus
-  that call's response, both assistant turns train in one sequence (the later call extends it);
-- a call whose request does not extend the current conversation (the sampler reset or rewrote
-  the context) starts a new sequence.
+- **token-exact calls** (the service returned ``prompt_token_ids`` and ``completion_token_ids``,
+  :func:`is_token_exact`): a later call extends the sequence when its prompt ids start with the
+  previous call's prompt + completion ids, so the sequence is exactly what the engine saw and
+  sampled; when they do not (the sampler rewrote the context, or the chat template re-tokenized
+  an earlier answer differently), the call starts a new sequence;
+- **calls without ids** (external services; the chat-template fallback of
+  :mod:`agentrl.training.tokenization`): a later call extends the sequence when its request
+  starts with the earlier call's messages plus that call's response;
+- a token-exact call never extends a fallback sequence, nor the other way round.
 
 Converters are registered by name (config ``record_converter``) with
 :func:`register_record_converter`; ``default`` is :func:`convert_record_to_data_func`.
@@ -34,8 +39,13 @@ class TrainTurn(BaseModel):
     Attributes:
         message_index: index of the assistant message in :attr:`DBRecordData.messages`.
         dispatch_id: the DispatchedSamplingTask that produced it.
+        prompt_token_ids: token ids the engine prefilled for this turn (empty when the service
+            gave none).
         completion_token_ids: token ids the engine sampled (empty when the service gave none).
-        logprobs: behaviour log-probs of those ids, in nats (empty when not reported).
+        logprobs: behaviour log-probs of those ids, in nats (empty when not reported or when
+            there are no ids to pair them with).
+        temperature: temperature of the distribution the logprobs are of (``None``: the
+            config's ``temperature``).
         created_at_step: global step when the call was made (for staleness).
         score: the trajectory's reward.
         advantage: the advantage the turn's tokens get.
@@ -44,8 +54,10 @@ class TrainTurn(BaseModel):
 
     message_index: int
     dispatch_id: str
+    prompt_token_ids: list[int] = Field(default_factory=list)
     completion_token_ids: list[int] = Field(default_factory=list)
     logprobs: list[float] = Field(default_factory=list)
+    temperature: float | None = None
     created_at_step: int = 0
     score: float = 0.0
     advantage: float = 0.0
@@ -77,6 +89,14 @@ class DBRecordData(BaseModel):
     def score(self) -> float:
         """The reward of the trajectory (the last turn's score)."""
         return self.turns[-1].score if self.turns else 0.0
+
+    @property
+    def token_exact(self) -> bool:
+        """Whether every turn carries the engine's prompt and completion ids (the sequence is
+        built from them, not by re-rendering the chat template)."""
+        return bool(self.turns) and all(
+            t.prompt_token_ids and t.completion_token_ids for t in self.turns
+        )
 
 
 RecordConverter = Callable[[Record, Sequence[DispatchedSamplingTask]], list[DBRecordData]]
@@ -153,11 +173,64 @@ def _extends(messages: Sequence[dict[str, Any]], prefix: Sequence[dict[str, Any]
     return all(_comparable(a) == _comparable(b) for a, b in zip(messages, prefix, strict=False))
 
 
+def _call_is_token_exact(call: DispatchedSamplingTask) -> bool:
+    return bool(call.prompt_token_ids and call.completion_token_ids)
+
+
+def is_token_exact(calls: Sequence[DispatchedSamplingTask]) -> bool:
+    """Whether a trajectory trains token-exact: every completed call carries the engine's prompt
+    and completion ids (else its calls train through the chat-template fallback).
+
+    Args:
+        calls: the trajectory's LLM calls (any status).
+
+    Returns:
+        False when no call completed.
+    """
+    done = [c for c in calls if c.status == DispatchStatus.COMPLETED and c.response is not None]
+    return bool(done) and all(_call_is_token_exact(c) for c in done)
+
+
+def _extends_ids(call: DispatchedSamplingTask, current: DBRecordData) -> bool:
+    """Whether a token-exact call's prompt ids continue the token-exact ``current`` sequence."""
+    last = current.turns[-1]
+    seen = last.prompt_token_ids + last.completion_token_ids
+    return call.prompt_token_ids[: len(seen)] == seen
+
+
+def _turn(record: Record, call: DispatchedSamplingTask, message_index: int) -> TrainTurn:
+    """The trained turn of a completed call.
+
+    Raises:
+        AlignmentError: the call has token ids and logprobs of different lengths.
+    """
+    ids = list(call.completion_token_ids)
+    if ids and call.logprobs and len(call.logprobs) != len(ids):
+        raise AlignmentError(
+            record.id,
+            f"dispatch {call.id} (turn {call.turn}) has {len(ids)} token ids but "
+            f"{len(call.logprobs)} logprobs",
+        )
+    return TrainTurn(
+        message_index=message_index,
+        dispatch_id=call.id,
+        prompt_token_ids=list(call.prompt_token_ids),
+        completion_token_ids=ids,
+        logprobs=list(call.logprobs) if ids else [],
+        temperature=call.temperature,
+        created_at_step=call.created_at_step,
+        score=float(record.score or 0.0),
+        advantage=float(record.advantage or 0.0),
+        finish_reason=call.finish_reason,
+    )
+
+
 @register_record_converter("default")
 def convert_record_to_data_func(
     record: Record, calls: Sequence[DispatchedSamplingTask]
 ) -> list[DBRecordData]:
-    """Turn one trajectory into training samples, merging calls that extend one conversation.
+    """Turn one trajectory into training samples, merging calls that extend one conversation
+    (by token ids when the calls have them, else by messages; see the module docstring).
 
     Every completed call is a trained assistant turn with the record's ``score`` and
     ``advantage``. Failed, cancelled or dropped calls are skipped.
@@ -177,27 +250,14 @@ def convert_record_to_data_func(
     for call in sorted(calls, key=lambda c: c.turn):
         if call.status != DispatchStatus.COMPLETED or call.response is None:
             continue
-        if call.logprobs and len(call.logprobs) != len(call.completion_token_ids):
-            raise AlignmentError(
-                record.id,
-                f"dispatch {call.id} (turn {call.turn}) has {len(call.completion_token_ids)} "
-                f"token ids but {len(call.logprobs)} logprobs",
-            )
         request_messages = [dict(m) for m in call.request.get("messages", [])]
         tools = call.request.get("tools") or None
-        turn = TrainTurn(
-            message_index=len(request_messages),
-            dispatch_id=call.id,
-            completion_token_ids=list(call.completion_token_ids),
-            logprobs=list(call.logprobs),
-            created_at_step=call.created_at_step,
-            score=float(record.score or 0.0),
-            advantage=float(record.advantage or 0.0),
-            finish_reason=call.finish_reason,
-        )
+        turn = _turn(record, call, len(request_messages))
         answer = response_message(call)
-        if current is not None and current.tools == tools and _extends(
-            request_messages, current.messages
+        exact = _call_is_token_exact(call)
+        if current is not None and current.tools == tools and current.token_exact == exact and (
+            _extends_ids(call, current) if exact
+            else _extends(request_messages, current.messages)
         ):
             current.messages = request_messages + [answer]
             current.turns.append(turn)

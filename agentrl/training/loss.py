@@ -29,6 +29,11 @@ import torch
 from agentrl.configs import AgentTrainingConfig
 from agentrl.errors import UnknownLossError
 
+LOG_RATIO_LIMIT = 20.0
+"""Bound of ``|log pi_theta - log pi_old|`` before ``exp`` (nats): a ratio of at most
+``e**20 ~ 4.9e8``, far outside every clip window, so a stale behaviour logprob can neither
+overflow to ``inf`` nor make the gradient ``0 * inf = NaN``; clamped tokens get no gradient."""
+
 
 @dataclass
 class LossOutput:
@@ -183,11 +188,15 @@ def _clipped_objective(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """The per-token PPO-style clipped surrogate shared by GRPO and GSPO.
 
+    The log-ratio is clamped to ``[-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT]`` before ``exp``.
+
     Returns:
         ``(per_token_loss, effective_mask, metrics)``: the negated objective ``(B, T)``, the
-        loss mask with out-of-window tokens removed (when the decay is on), and clip statistics.
+        loss mask with out-of-window tokens removed (when the decay is on), and clip statistics
+        (``policy/log_ratio_clamped_mean``: the trained tokens whose log-ratio was clamped).
     """
-    ratio = torch.exp(log_ratio)
+    clamped = log_ratio.detach().abs() > LOG_RATIO_LIMIT
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
     lower, upper = trust_window(staleness, params, low, high)
     clipped = torch.maximum(torch.minimum(ratio, upper), lower)
     objective = torch.minimum(ratio * advantages, clipped * advantages)
@@ -210,6 +219,7 @@ def _clipped_objective(
         "clip_ratio/capped_mean": _masked_mean(capped, trained),
         "clip_ratio/out_of_window_mean": _masked_mean(out_of_window, trained),
         "policy/ratio_mean": _masked_mean(ratio.detach(), trained),
+        "policy/log_ratio_clamped_mean": _masked_mean(clamped, trained),
     }
     return -objective * mask, mask, metrics
 
@@ -336,18 +346,26 @@ def cross_entropy_loss(
     return LossOutput(loss, {"loss/nll": float(loss.detach().item())})
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities of each token given the tokens before it.
+def token_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, temperatures: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Log-probabilities of each token given the tokens before it, under the sampling
+    distribution ``log_softmax(logits / T)`` (SGLang's behaviour logprobs, so on-policy tokens
+    have ratio 1).
 
     Args:
         logits: ``(B, T, V)`` model outputs.
         input_ids: ``(B, T)`` token ids.
+        temperatures: ``(B, T)`` temperature of each token (aligned on the predicted token);
+            ``None``: 1.
 
     Returns:
-        ``(B, T)`` where position ``t >= 1`` holds ``log p(input_ids[t] | input_ids[:t])`` and
-        position 0 holds 0 (nothing predicts the first token).
+        ``(B, T)`` where position ``t >= 1`` holds ``log p_T(input_ids[t] | input_ids[:t])``
+        and position 0 holds 0 (nothing predicts the first token).
     """
     shifted = logits[:, :-1, :].float()
+    if temperatures is not None:
+        shifted = shifted / temperatures[:, 1:, None].to(shifted.dtype)
     targets = input_ids[:, 1:]
     picked = torch.gather(shifted, -1, targets.unsqueeze(-1)).squeeze(-1)
     logp = picked - torch.logsumexp(shifted, dim=-1)

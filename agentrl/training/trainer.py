@@ -47,7 +47,14 @@ from agentrl.training.checkpoint import (
     step_dir,
 )
 from agentrl.training.datasets import get_record_converter
-from agentrl.training.loss import LossParams, get_loss, loss_normalizer, token_logprobs
+from agentrl.training.loss import (
+    LOG_RATIO_LIMIT,
+    LossOutput,
+    LossParams,
+    get_loss,
+    loss_normalizer,
+    token_logprobs,
+)
 from agentrl.training.metrics import MetricsLogger, reduce_metrics
 from agentrl.training.records import ClaimedGroup, RecordClaimer
 from agentrl.training.tokenization import TrainBatch, collate, tokenize_sample
@@ -141,6 +148,7 @@ class Trainer:
         self.steps_done = 0
         self.checkpointed_step: int | None = None
         self.skipped_records = 0
+        self.skipped_micro_batches: list[list[str]] = []
         self.resumed_step: int | None = None
         if resume_from is not None:
             self._resume(resume_from)
@@ -362,7 +370,8 @@ class Trainer:
         for record in records:
             try:
                 tokenized += [
-                    tokenize_sample(sample, self.tokenizer, self.config.max_train_seq_len)
+                    tokenize_sample(sample, self.tokenizer, self.config.max_train_seq_len,
+                                    temperature=self.config.temperature)
                     for sample in self.converter(record, calls[record.id])
                 ]
             except AlignmentError as exc:  # one bad record must not stop the run: say which
@@ -381,6 +390,12 @@ class Trainer:
     def optimize(self, batch: TrainBatch, step: int) -> dict[str, float]:
         """One AdamW step on ``batch`` (gradient accumulation over micro-batches).
 
+        A micro-batch whose loss, or whose gradient with respect to the policy's logprobs, is
+        not finite is skipped (counted in ``train/skipped_micro_batches``, logged with its
+        record ids, kept in :attr:`skipped_micro_batches`). The step is not applied
+        (``optim/step_applied`` 0, gradients dropped) when the total gradient norm is not finite
+        or every micro-batch was skipped.
+
         Args:
             batch: the padded batch, ``(B, T)`` tensors.
             step: the global step of the weights being trained (for staleness).
@@ -394,18 +409,28 @@ class Trainer:
         parts: list[dict[str, float]] = []
         weights: list[float] = []
         total_loss = 0.0
+        self.skipped_micro_batches = []
         size = self.config.micro_batch_size
         for start in range(0, len(batch), size):
             micro = batch.slice(start, start + size).to(self.device)
             out, extra = self._micro_step(micro, step, normalizer)
+            if out is None:
+                self.skipped_micro_batches.append(micro.record_ids)
+                continue
             total_loss += float(out.loss.detach().item())
             parts.append({**out.metrics, **extra})
             weights.append(float(micro.loss_mask.sum().item()))
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         lr = float(self.scheduler.get_last_lr()[0])
-        self.optimizer.step()
-        self.scheduler.step()
+        applied = self._any_rank(bool(parts)) and math.isfinite(grad_norm)
+        if applied:
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            log.error("step %d not applied: gradient norm %s over records %s", step + 1,
+                      grad_norm, batch.record_ids)
+            self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.monotonic() - started
         metrics = reduce_metrics(parts, weights)
         tokens = float(batch.attention_mask.sum().item())
@@ -413,8 +438,11 @@ class Trainer:
         metrics.update(
             {
                 M.LOSS_POLICY: total_loss,
-                M.OPTIM_GRAD_NORM: float(grad_norm),
+                M.OPTIM_GRAD_NORM: grad_norm,
                 M.OPTIM_LR: lr,
+                M.OPTIM_STEP_APPLIED: float(applied),
+                M.TRAIN_SKIPPED_MICRO_BATCHES: float(len(self.skipped_micro_batches)),
+                M.TRAIN_TOKEN_EXACT_RATE: sum(batch.token_exact) / max(len(batch), 1),
                 M.PERF_TOKENS: tokens,
                 M.PERF_TRAINED_TOKENS: float(batch.loss_mask.sum().item()),
                 M.PERF_TOKENS_PER_S: tokens / max(elapsed, 1e-9),
@@ -424,14 +452,27 @@ class Trainer:
         )
         return metrics
 
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on some rank (so that all ranks apply a step or none does)."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([1 if flag else 0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def _micro_step(
         self, micro: TrainBatch, step: int, normalizer: float
-    ) -> tuple[Any, dict[str, float]]:
-        """Forward + backward of one micro-batch; returns the loss output and extra metrics."""
+    ) -> tuple[LossOutput | None, dict[str, float]]:
+        """Forward + backward of one micro-batch at the sampling temperatures.
+
+        Returns:
+            The loss output and extra metrics; ``(None, {})`` when the loss or its gradient
+            with respect to the policy's logprobs is not finite (nothing is accumulated then).
+        """
         logits = self.module(
             input_ids=micro.input_ids, attention_mask=micro.attention_mask, use_cache=False
         ).logits  # (b, t, V)
-        logprobs = token_logprobs(logits, micro.input_ids)  # (b, t)
+        logprobs = token_logprobs(logits, micro.input_ids, micro.temperatures)  # (b, t)
         known = ~torch.isnan(micro.old_logprobs)
         old = torch.where(known, micro.old_logprobs, logprobs.detach())
         staleness = (step - micro.created_at_step).clamp(min=0)
@@ -439,17 +480,28 @@ class Trainer:
             logprobs, old, micro.advantages, micro.loss_mask, staleness, self.loss_params,
             normalizer=normalizer,
         )
-        out.loss.backward()
+        (grad,) = torch.autograd.grad(out.loss, logprobs, retain_graph=True)  # (b, t)
+        if not (torch.isfinite(out.loss) and torch.isfinite(grad).all()):
+            log.error("skipping a micro-batch of records %s: loss %s, gradient finite: %s",
+                      micro.record_ids, float(out.loss.detach()), bool(torch.isfinite(grad).all()))
+            if self.world_size > 1:  # every rank must join DDP's gradient all-reduce
+                (logprobs.sum() * 0.0).backward()
+            return None, {}
+        logprobs.backward(grad)
+        if out.metrics.get(M.POLICY_LOG_RATIO_CLAMPED, 0.0) > 0:
+            log.warning("records %s: behaviour logprobs more than %.0f nats from the policy's "
+                        "(log-ratio clamped)", micro.record_ids, LOG_RATIO_LIMIT)
         mask = micro.loss_mask
         diff = (old - logprobs.detach()) * mask
-        extra = {"policy/behaviour_kl_mean": float(diff.sum().item() / max(mask.sum().item(), 1))}
+        extra = {M.POLICY_BEHAVIOUR_KL: float(diff.sum().item() / max(mask.sum().item(), 1))}
         return out, extra
 
 
 def model_logprobs(model: Any, batch: TrainBatch) -> torch.Tensor:
-    """Per-token log-probs of ``batch`` under ``model`` (no grad), ``(B, T)``."""
+    """Per-token log-probs of ``batch`` under ``model`` at the batch's sampling temperatures
+    (no grad), ``(B, T)``."""
     with torch.no_grad():
         logits = model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         ).logits
-    return token_logprobs(logits, batch.input_ids)
+    return token_logprobs(logits, batch.input_ids, batch.temperatures)

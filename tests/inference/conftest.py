@@ -69,10 +69,14 @@ def engine_url(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         stop_process_group(proc)
 
 
-def forward_logprobs(model: Any, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
-    """``log p(completion_ids[i] | prompt + completion[:i])`` (nats) from one plain forward."""
+def forward_logprobs(
+    model: Any, prompt_ids: list[int], completion_ids: list[int], temperature: float = 1.0
+) -> list[float]:
+    """``log_softmax(logits / temperature)[completion_ids[i]]`` given ``prompt +
+    completion[:i]`` (nats) from one plain forward."""
     ids = torch.tensor([prompt_ids + completion_ids])
     with torch.inference_mode():
         logits = model(ids).logits[0].float()  # (T, V)
-    logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)  # (C, V)
+    scaled = logits[len(prompt_ids) - 1 : -1] / temperature
+    logprobs = torch.log_softmax(scaled, dim=-1)  # (C, V)
     return logprobs.gather(-1, torch.tensor(completion_ids)[:, None]).squeeze(-1).tolist()

@@ -1,8 +1,13 @@
-"""An OpenAI-compatible stub server for routing tests: many services under one port.
+"""A stub of SGLang 0.5.23's ``/v1/chat/completions`` for routing tests: many services under one
+port.
 
-``http://127.0.0.1:<port>/<sid>`` is service ``sid``. It records each request (body and headers),
-can hold requests until a number of them has arrived (so routing decisions all happen before any
-request finishes), and can fail the first requests of a service with a given HTTP status.
+``http://127.0.0.1:<port>/<sid>`` is service ``sid``. It answers in SGLang's shape
+(:func:`tests.sglang_reply.sglang_chat_reply`: token ids only when asked, under
+``prompt_token_ids`` / ``response_token_ids``), records each request (body and headers) and each
+reply, can hold requests until a number of them has arrived (so routing decisions all happen
+before any request finishes), can fail the first requests of a service with a given HTTP status,
+and can answer them HTTP 200 with ``finish_reason: "abort"`` as SGLang does for an interrupted
+request. What it samples is :attr:`StubServer.script` (default: ``from <sid>`` as ids 11, 12, 13).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -18,6 +24,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tests.conftest import free_port
+from tests.sglang_reply import sglang_chat_reply
+
+Script = Callable[[str, dict[str, Any]], tuple[str, list[int], list[int], list[float], str]]
+"""``(sid, body) -> (content, prompt_ids, completion_ids, logprobs, finish_reason)``."""
+
+
+def default_script(sid: str, body: dict[str, Any]) -> tuple[
+        str, list[int], list[int], list[float], str]:
+    """``from <sid>`` as ids 11, 12, 13 (cut to ``max_tokens``), logprob -0.5 each; the prompt
+    is 4 ids per message."""
+    max_tokens = int(body.get("max_tokens", 16))
+    ids = [11, 12, 13][: max(1, min(3, max_tokens))]
+    prompt = list(range(1, 1 + 4 * len(body.get("messages") or [])))
+    return f"from {sid}", prompt, ids, [-0.5] * len(ids), "length" if max_tokens <= 3 else "stop"
 
 
 class StubServer:
@@ -29,6 +49,9 @@ class StubServer:
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self.headers: dict[str, dict[str, str]] = {}
         self.fail: dict[str, tuple[int, int]] = {}  # sid -> (status, times)
+        self.abort: dict[str, int] = {}  # sid -> times to answer finish_reason "abort"
+        self.replies: list[tuple[str, dict[str, Any]]] = []
+        self.script: Script = default_script
         self.hold_until = 0
         self._lock = threading.Lock()
         self._arrived = 0
@@ -48,25 +71,21 @@ class StubServer:
                 status, times = self.fail.get(sid, (0, 0))
                 if times > 0:
                     self.fail[sid] = (status, times - 1)
+                aborts = self.abort.get(sid, 0)
+                if aborts > 0:
+                    self.abort[sid] = aborts - 1
             if times > 0:
                 return JSONResponse({"error": "injected"}, status_code=status)
             while self.hold_until and not self._release.is_set():
                 await asyncio.sleep(0.01)
-            max_tokens = int(body.get("max_tokens", 16))
-            ids = [11, 12, 13][: max(1, min(3, max_tokens))]
-            return {
-                "id": "stub", "object": "chat.completion", "model": body.get("model"),
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": f"from {sid}"},
-                    "finish_reason": "length" if max_tokens <= 3 else "stop",
-                    "token_ids": ids,
-                    "logprobs": {"content": [
-                        {"token": str(t), "logprob": -0.5, "token_id": t, "top_logprobs": []}
-                        for t in ids]},
-                }],
-                "metadata": {"weight_version": f"v-{sid}"},
-            }
+            content, prompt, ids, logprobs, finish = self.script(sid, body)
+            if aborts > 0:  # interrupted after its first token, as /pause_generation abort does
+                content, ids, logprobs, finish = "", ids[:1], logprobs[:1], "abort"
+            reply = sglang_chat_reply(body, content, prompt, ids, logprobs, finish,
+                                      weight_version=f"v-{sid}")
+            with self._lock:
+                self.replies.append((sid, reply))
+            return reply
 
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                 access_log=False)

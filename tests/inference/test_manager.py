@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import torch
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
@@ -29,6 +30,7 @@ from agentrl.databases import (
 )
 from agentrl.inference.manager import InferenceManager
 from tests.conftest import free_port
+from tests.inference.conftest import forward_logprobs
 from tests.inference.routing_helpers import Recorder, with_router
 
 pytestmark = pytest.mark.slow
@@ -81,7 +83,7 @@ def test_manager_lifecycle_with_cpu_engine(
         wait_for(lambda: naive(manager.service.heartbeat_at) > first_beat, 10, "a heartbeat")
 
         out = route_once(config, dbs, recorder)
-        assert 1 <= len(out["choices"][0]["token_ids"]) <= 4
+        assert 1 <= len(out["choices"][0]["response_token_ids"]) <= 4
 
         # release: DOWN, calls wait; resume: UP, the waiting call completes
         manager.release_memory_occupation()
@@ -96,15 +98,14 @@ def test_manager_lifecycle_with_cpu_engine(
         assert not result
         manager.resume_memory_occupation()
         caller.join(timeout=120)
-        assert result["choices"][0]["token_ids"]
+        assert result["choices"][0]["response_token_ids"]
         assert manager.service.status == ServiceStatus.UP
 
         # weights from disk: the service's version becomes str(version)
         hf_model[0].save_pretrained(tmp_path / "step3")
         manager.update_weights(tmp_path / "step3", 3)
         assert manager.service.weight_version == "3"
-        assert httpx.get(f"{manager.endpoint}/get_weight_version").json() == {
-            "weight_version": "3"}
+        assert httpx.get(f"{manager.endpoint}/model_info").json()["weight_version"] == "3"
 
         # SIGKILL the engine: detected, restarted with the latest weights, registered UP again
         old_pid = manager.process.pid
@@ -113,7 +114,7 @@ def test_manager_lifecycle_with_cpu_engine(
                  and manager.service.status == ServiceStatus.UP, 240, "the engine restart")
         new_pid, port = manager.process.pid, manager.port
         assert new_pid != old_pid
-        assert httpx.get(f"{manager.endpoint}/get_weight_version").json()["weight_version"] == "3"
+        assert httpx.get(f"{manager.endpoint}/model_info").json()["weight_version"] == "3"
         out = route_once(config, dbs, recorder)
         assert out["metadata"]["weight_version"] == "3"
 
@@ -161,3 +162,44 @@ def test_sigterm_stops_engine_and_marks_service_down(
     assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == "zombie"
     (service,) = dbs.store.find(InferenceService)
     assert service.status == ServiceStatus.DOWN
+
+
+def test_resume_routes_only_after_the_weights_are_restored(
+    config: AgentTrainingConfig, dbs: Databases, hf_model: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Without a CPU weight backup the engine comes back from a release with its start weights
+    (as SGLang's memory saver does): the manager loads the published weights again and checks
+    the served version before the service is UP, so the call that waited is answered by them."""
+    manager_config(config)
+    config.inf_weights_cpu_backup = False
+    model, tokenizer = hf_model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+        model.save_pretrained(tmp_path / "step1")
+        prompt = tokenizer.encode(tokenizer.apply_chat_template(
+            MESSAGES, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+        record = Record(task_id="t-resume", traj_id=0, epoch=1)
+        with InferenceManager(config, dbs) as manager:
+            manager.update_weights(tmp_path / "step1", 1)
+            manager.release_memory_occupation()
+            result: dict[str, Any] = {}
+            caller = threading.Thread(
+                target=lambda: result.update(route_once(config, dbs, Recorder(dbs, record))))
+            caller.start()
+            manager.resume_memory_occupation()
+            caller.join(timeout=120)
+            assert manager.service.status == ServiceStatus.UP
+        choice = result["choices"][0]
+        served = [c["logprob"] for c in choice["logprobs"]["content"]]
+        perturbed = forward_logprobs(model, prompt, choice["response_token_ids"])
+    finally:
+        model.load_state_dict(state)
+    base = forward_logprobs(model, prompt, choice["response_token_ids"])
+    assert max(abs(a - b) for a, b in zip(served, perturbed, strict=True)) < 1e-3
+    assert max(abs(a - b) for a, b in zip(served, base, strict=True)) > 1e-2
+    (call,) = dbs.store.find(DispatchedSamplingTask, {"record_id": record.id})
+    assert call.weight_version == "1"

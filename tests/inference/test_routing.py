@@ -91,7 +91,7 @@ def test_300_concurrent_calls_spread_by_least_load_and_stale_gets_none(
     # 60 requests were already running: 360 in total balance to 120 per live service.
     assert dict(stub.counts) == {"a": 120, "b": 100, "c": 80}
     assert counts_by_name(dbs) == {"a": 0, "b": 20, "c": 40, "stale": 0, "down": 0, "other": 0}
-    assert all(r["choices"][0]["token_ids"] == [11, 12, 13] for r in responses)
+    assert all(r["choices"][0]["response_token_ids"] == [11, 12, 13] for r in responses)
 
     tasks = list(dbs.store.find(DispatchedSamplingTask, {"record_id": record.id}))
     assert len(tasks) == 300
@@ -103,6 +103,7 @@ def test_300_concurrent_calls_spread_by_least_load_and_stale_gets_none(
     assert task.status == DispatchStatus.COMPLETED
     assert task.task_id == "task-1" and task.created_at_step == 7
     assert task.completion_token_ids == [11, 12, 13] and task.logprobs == [-0.5] * 3
+    assert task.prompt_token_ids == [1, 2, 3, 4] and task.temperature == config.temperature
     assert task.finish_reason == "stop"
     assert task.weight_version.startswith("v-")
     assert task.request["messages"] == MESSAGES and task.request["logprobs"] is True
@@ -209,6 +210,7 @@ def test_external_service_gets_its_key_and_only_openai_params(
     assert stub.headers["ext"]["authorization"] == "Bearer sk-secret-123"
     body = [b for sid, b in stub.bodies if sid == "ext"][-1]
     assert body["temperature"] == 0.0 and "ignore_eos" not in body
+    assert "return_token_ids" not in body
     (task,) = dbs.store.find(DispatchedSamplingTask)
     assert "sk-secret-123" not in str(task.to_mongo())
 
@@ -233,5 +235,5 @@ def test_heartbeat_written_with_set_revives_a_stale_service(
     )
     stub.counts.clear()
     response = asyncio.run(with_router(config, dbs, call))
-    assert response["choices"][0]["token_ids"] == [11, 12, 13]
+    assert response["choices"][0]["response_token_ids"] == [11, 12, 13]
     assert dict(stub.counts) == {"revived": 1}

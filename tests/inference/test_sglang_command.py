@@ -43,7 +43,9 @@ def test_sglang_command_argument_by_argument() -> None:
         "--mem-fraction-static": "0.55",
         "--served-model-name": "policy",
         "--enable-memory-saver": None,
+        "--enable-weights-cpu-backup": None,
         "--random-seed": "1234",
+        "--weight-version": "0",
         "--trust-remote-code": None,
     }
 
@@ -56,6 +58,7 @@ def test_cpu_engine_command() -> None:
     assert got["--model"] == "/m" and got["--port"] == "31000" and got["--seed"] == "3"
     assert got["--max-batch-size"] == "8" and got["--served-model-name"] == "m"
     assert got["--weight-version"] == "4" and got["--num-threads"] == "0"
+    assert "--enable-weights-cpu-backup" in got
 
 
 def test_ports_of_dp_groups_never_collide() -> None:
@@ -91,4 +94,4 @@ def test_placement_from_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_engine_kind() -> None:
     assert resolve_engine_kind("cpu") == "cpu"
     assert resolve_engine_kind("sglang") == "sglang"
-    assert resolve_engine_kind("auto") == "cpu"  # no CUDA, no sglang here
+    assert resolve_engine_kind("auto") == "cpu"  # no CUDA here

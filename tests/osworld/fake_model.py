@@ -1,8 +1,9 @@
 """A scripted OpenAI-compatible chat server for OSWorld tests (FastAPI + uvicorn in a thread).
 
 It answers ``/v1/chat/completions`` with a pyautogui click on the first step of an episode and
-``DONE`` once the prompt lists previous actions, with token ids and logprobs like the CPU engine,
-so episodes are deterministic. It also serves ``/health_generate``.
+``DONE`` once the prompt lists previous actions, in SGLang 0.5.23's shape (token ids only when
+the request asks for them, see :func:`tests.sglang_reply.sglang_chat_reply`), so episodes are
+deterministic. It also serves ``/health_generate``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+
+from tests.sglang_reply import sglang_chat_reply
 
 CLICK = "```python\npyautogui.click(320, 180)\n```"
 DONE = "```DONE```"
@@ -45,16 +47,8 @@ def make_app(requests: list[dict[str, Any]], reply: str | None) -> FastAPI:
         done = "Your previous actions" in _text_of(body["messages"])
         text = reply if reply is not None else (DONE if done else CLICK)
         ids = list(range(10, 10 + len(text) // 4))
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-            "created": int(time.time()), "model": body.get("model"),
-            "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop", "token_ids": ids,
-                "logprobs": {"content": [
-                    {"token": str(i), "token_id": i, "logprob": -0.5} for i in ids]},
-            }],
-        }
+        prompt = list(range(1, 1 + 4 * len(body["messages"])))
+        return sglang_chat_reply(body, text, prompt, ids, [-0.5] * len(ids))
 
     return app
 

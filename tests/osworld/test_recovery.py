@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, Record, Task, TaskStatus
-from agentrl.inference.services import register_external_service
+from agentrl.inference.services import register_service
 from agentrl.rollout.osworld import setup_osworld_envs
 from agentrl.rollout.osworld.envs import Environment
 from tests.jobs.helpers import start_celery, stop, wait_for
@@ -23,7 +23,7 @@ def test_worker_killed_mid_episode(
 ) -> None:
     env_server = standin_envs[0]
     (example,) = write_tasks(tmp_path / "tasks.jsonl", 1)
-    register_external_service(dbs.store, fake_model.url, config.model_name)
+    register_service(dbs.store, fake_model.url, config.model_name)
     config.osworld_env_urls = env_server.url  # one env: the second attempt must wait for it
     settings = {
         "AGENTRL_SAMPLER": "osworld", "AGENTRL_SAMPLER_MODULES": "agentrl.rollout.osworld",

@@ -9,7 +9,7 @@ from pathlib import Path
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus, Task
 from agentrl.databases.objectstore import is_ref
-from agentrl.inference.services import register_external_service
+from agentrl.inference.services import register_service
 from agentrl.rollout.osworld import OSworldDataset, OSWorldStatefulSampler, setup_osworld_envs
 from agentrl.rollout.osworld.envs import Environment
 from agentrl.rollout.scheduler import SamplingScheduler
@@ -55,7 +55,7 @@ def test_screenshots_are_references_and_become_training_images(
     config.osworld_env_urls = standin_envs[0].url
     config.osworld_observation = "screenshot_a11y_tree"
     config.num_generations = 1
-    register_external_service(dbs.store, fake_model.url, config.model_name)
+    register_service(dbs.store, fake_model.url, config.model_name)
     with setup_osworld_envs(config, dbs):
         SamplingScheduler(config=config, sampler_class=OSWorldStatefulSampler,
                           dataset=OSworldDataset(config.train_file), split="train",
@@ -95,7 +95,7 @@ def test_guide_example_with_the_cpu_engine(
     config.osworld_max_steps = 1  # the CPU engine shares 2 cores with everything else
     config.max_new_tokens = 8
     config.osworld_a11y_max_chars = 400
-    register_external_service(dbs.store, engine_url, config.model_name)
+    register_service(dbs.store, engine_url, config.model_name, kind="cpu")
     with setup_osworld_envs(config, dbs) as envs:
         cfg = config
         # the AgentRL guide's example, with `agentrl.` in front of the imports
@@ -136,7 +136,7 @@ def test_malformed_output_is_a_failed_step_and_ends_per_config(
         config.osworld_env_urls = standin_envs[0].url
         config.num_generations = 1
         config.osworld_on_malformed_action = "end"
-        register_external_service(dbs.store, model.url, config.model_name)
+        register_service(dbs.store, model.url, config.model_name)
         with setup_osworld_envs(config, dbs):
             SamplingScheduler(config=config, sampler_class=OSWorldStatefulSampler,
                               dataset=OSworldDataset(config.train_file), split="train",

@@ -35,7 +35,7 @@ def test_engine_serves_new_weights_after_a_step(
         assert trainer.train()
         assert GlobalStep(dbs).get() == 1
         assert manager.service.weight_version == "1"
-        served = httpx.get(f"{manager.endpoint}/get_weight_version", timeout=10).json()
+        served = httpx.get(f"{manager.endpoint}/model_info", timeout=10).json()
         assert served["weight_version"] == str(GlobalStep(dbs).get())
         after = httpx.post(f"{manager.endpoint}/v1/chat/completions", json=body, timeout=60).json()
         lp_before = before["choices"][0]["logprobs"]["content"][0]["logprob"]

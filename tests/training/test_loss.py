@@ -10,6 +10,7 @@ import torch
 from agentrl.errors import UnknownLossError
 from agentrl.training.advantages import group_advantages, has_spread
 from agentrl.training.loss import (
+    LOG_RATIO_LIMIT,
     LossParams,
     cross_entropy_loss,
     get_loss,
@@ -143,6 +144,37 @@ def test_token_logprobs_matches_log_softmax() -> None:
     assert out[:, 0].abs().sum().item() == 0.0
     ref = torch.log_softmax(logits, -1)
     assert out[1, 2].item() == pytest.approx(ref[1, 1, ids[1, 2]].item(), abs=1e-5)
+
+
+def test_token_logprobs_at_the_sampling_temperature() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 5)
+    ids = torch.tensor([[0, 3, 1]])
+    temps = torch.tensor([[1.0, 0.5, 2.0]])  # position t holds the temperature of token t
+    out = token_logprobs(logits, ids, temps)
+    assert out[0, 1].item() == pytest.approx(
+        torch.log_softmax(logits[0, 0] / 0.5, -1)[3].item(), abs=1e-5)
+    assert out[0, 2].item() == pytest.approx(
+        torch.log_softmax(logits[0, 1] / 2.0, -1)[1].item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", [grpo_loss, gspo_loss])
+@pytest.mark.parametrize("advantage", [1.0, -1.0])
+def test_behaviour_logprobs_far_off_give_a_finite_loss_and_gradient(  # noqa: ANN001
+    loss, advantage: float
+) -> None:
+    """90 nats off: exp overflows without the clamp (loss finite, gradient NaN before)."""
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    old = torch.tensor([[-91.0, -2.0, -0.5]])  # token 0: log-ratio +90
+    out = loss(logprobs, old, torch.full((1, 3), advantage), torch.ones(1, 3),
+               torch.zeros(1, 3), LossParams())
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(logprobs.grad).all()
+    assert logprobs.grad[0, 0].item() == 0.0  # the clamped token gets no gradient
+    # GRPO: token 0 is clamped; GSPO: every token carries the sequence's mean, 30 nats
+    assert out.metrics["policy/log_ratio_clamped_mean"] == pytest.approx(
+        1 / 3 if loss is grpo_loss else 1.0)
+    assert LOG_RATIO_LIMIT < 30
 
 
 def test_group_advantages() -> None:

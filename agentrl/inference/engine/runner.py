@@ -5,10 +5,12 @@ batch of :class:`GenerationRequest` (token ids + sampling parameters), left-pads
 one prefill and then one decode step per token for the whole batch (rows that finish are pruned
 from the KV cache), and fills each request's sampled token ids and their logprobs.
 
-Logprobs are those of the model's raw distribution, ``log_softmax(logits)`` in nats, whatever the
-sampling temperature or top-p, so they equal a plain forward pass of the same model over the same
-tokens (the trainer's behaviour logprobs). Every model access holds :attr:`ModelRunner.lock`, so
-weights can be swapped between two decode steps.
+Logprobs are those of the sampling distribution before top-p, ``log_softmax(logits / T)`` in
+nats, as SGLang's sampler returns them by default (a greedy row, ``T`` below
+:data:`~agentrl.inference.protocol.GREEDY_TEMPERATURE`, gets ``T = 1``): a forward pass of the same
+model over the same tokens at the same temperature gives the same values. Every model access
+holds :attr:`ModelRunner.lock`; each sampled token records the :attr:`ModelRunner.weight_version`
+of the forward pass that produced it (SGLang's ``weight_versions`` spans).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from agentrl.errors import WeightUpdateError
+from agentrl.inference.protocol import GREEDY_TEMPERATURE
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +40,16 @@ class GenerationRequest:
     Attributes:
         prompt_ids: prompt token ids, shape ``(P,)``.
         max_new_tokens: most tokens to sample (tokens).
-        temperature: sampling temperature; 0 is greedy.
+        temperature: sampling temperature; below ``GREEDY_TEMPERATURE`` is greedy.
         top_p: nucleus probability mass in (0, 1].
         stop: strings that end the completion (the text is cut before them).
         stop_token_ids: token ids that end the completion (kept in ``output_ids``).
         ignore_eos: keep sampling past end-of-sequence tokens (benchmarks).
         generator: a seeded generator for reproducible sampling, or ``None``.
         output_ids: sampled token ids, shape ``(C,)``.
-        output_logprobs: ``log p(output_ids[i] | prefix)`` in nats, shape ``(C,)``.
+        output_logprobs: ``log_softmax(logits / T)[output_ids[i]]`` in nats, shape ``(C,)``.
+        weight_versions: ``[{version, start, end}]``: output tokens ``start:end`` were sampled by
+            weights ``version`` (one span unless the weights changed during the request).
         text: the decoded completion (special tokens skipped, cut before a stop string).
         finish_reason: ``stop`` | ``length`` | ``abort``, set when done.
         matched_stop: the stop string or token id that ended it, if any.
@@ -60,6 +65,7 @@ class GenerationRequest:
     generator: torch.Generator | None = None
     output_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
+    weight_versions: list[dict[str, Any]] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
     matched_stop: str | int | None = None
@@ -87,19 +93,26 @@ def eos_token_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
 def sample_next(
     logits: torch.Tensor, requests: list[GenerationRequest]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row and return it with its raw logprob.
+    """Sample one token per row and return it with its logprob under the sampling distribution.
+
+    Follows SGLang 0.5.23's ``Sampler.forward``: probabilities ``softmax(logits / T)``, top-p
+    applied to the sampling only, logprobs ``log_softmax(logits / T)`` of the sampled token;
+    greedy rows (``T < GREEDY_TEMPERATURE``) take the argmax and the logprobs of ``T = 1``.
 
     Args:
         logits: next-token logits, shape ``(B, V)``, float32.
         requests: the ``B`` requests the rows belong to (their temperature, top-p, generator).
 
     Returns:
-        ``(tokens, logprobs)``: shapes ``(B,)`` (int64) and ``(B,)`` (nats, from
-        ``log_softmax(logits)``, i.e. temperature 1).
+        ``(tokens, logprobs)``: shapes ``(B,)`` (int64) and ``(B,)`` (nats).
     """
-    logprobs_all = torch.log_softmax(logits, dim=-1)  # (B, V)
-    temps = torch.tensor([max(r.temperature, 1e-5) for r in requests], dtype=logits.dtype)
-    probs = torch.softmax(logits / temps[:, None], dim=-1)  # (B, V)
+    greedy = [r.temperature < GREEDY_TEMPERATURE for r in requests]
+    temps = torch.tensor(
+        [1.0 if g else r.temperature for g, r in zip(greedy, requests, strict=True)],
+        dtype=logits.dtype,
+    )
+    logprobs_all = torch.log_softmax(logits / temps[:, None], dim=-1)  # (B, V)
+    probs = logprobs_all.exp()  # (B, V)
     top_p = torch.tensor([r.top_p for r in requests], dtype=logits.dtype)
     if bool((top_p < 1.0).any()):
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -107,11 +120,11 @@ def sample_next(
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     tokens = torch.empty(len(requests), dtype=torch.long)
-    shared = [i for i, r in enumerate(requests) if r.generator is None and r.temperature > 0]
+    shared = [i for i, r in enumerate(requests) if r.generator is None and not greedy[i]]
     if shared:
         tokens[shared] = torch.multinomial(probs[shared], 1).squeeze(-1)
     for i, req in enumerate(requests):
-        if req.temperature <= 0:
+        if greedy[i]:
             tokens[i] = int(logits[i].argmax())
         elif req.generator is not None:
             tokens[i] = int(torch.multinomial(probs[i], 1, generator=req.generator))
@@ -124,19 +137,33 @@ class ModelRunner:
     Args:
         model_path: a local HF model directory (config, safetensors, tokenizer).
         seed: seed of the shared sampling generator (``torch.manual_seed``).
+        weight_version: the version of the weights loaded at start.
+        weights_cpu_backup: keep the weights loaded since start across :meth:`release` /
+            :meth:`resume` (SGLang's ``--enable-weights-cpu-backup``); without it, as SGLang's
+            memory saver without a backup, resume does not bring them back (here: it loads the
+            start model) while the weight version stays what it was.
 
     Raises:
         OSError: the directory has no loadable model.
     """
 
-    def __init__(self, model_path: str | Path, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        seed: int = 0,
+        weight_version: str = "0",
+        weights_cpu_backup: bool = False,
+    ) -> None:
         self.model_path = str(model_path)
         self.weights_path = str(model_path)
+        self.weight_version = weight_version
+        self.weights_cpu_backup = weights_cpu_backup
         torch.manual_seed(seed)
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(self.model_path)
         self.model: Any | None = None
         self.lock = threading.RLock()
         self._load(self.model_path)
+        self.context_len: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else min(self.eos_ids or {0})
@@ -156,12 +183,16 @@ class ModelRunner:
         return self.model is not None
 
     def release(self) -> None:
-        """Drop the model's weights from memory; :meth:`resume` reloads the last weights."""
+        """Drop the model's weights from memory; :meth:`resume` reloads the last weights when
+        ``weights_cpu_backup`` is set, else the start model."""
         with self.lock:
             self.model = None
+            if not self.weights_cpu_backup:
+                self.weights_path = self.model_path
 
     def resume(self) -> None:
-        """Reload the weights last loaded (the start model or the last ``load_weights`` dir)."""
+        """Reload the weights: the start model, then the last ``load_weights`` directory (one
+        loaded while released, or any with ``weights_cpu_backup``)."""
         with self.lock:
             if self.model is None:
                 self._load(self.model_path)
@@ -197,15 +228,19 @@ class ModelRunner:
                     )
                 params[name].copy_(tensor.to(params[name].dtype))
 
-    def load_weights(self, path: str | Path) -> None:
+    def load_weights(self, path: str | Path, version: str | None = None) -> None:
         """Load the safetensors weights of an HF directory into the model in place.
 
-        The files are read outside :attr:`lock`; the copy happens between two decode steps.
-        While the memory is released, the directory is remembered and loaded by :meth:`resume`.
+        The files are read outside :attr:`lock`; the copy happens between two decode steps
+        (the HTTP layer only lets it happen mid-request while generation is paused). While the
+        memory is released, the directory is remembered and loaded by :meth:`resume`.
+
+        Args:
+            path: the HF directory.
+            version: the new :attr:`weight_version` (``None``: unchanged).
 
         Raises:
-            WeightUpdateError: no safetensors, unknown/missing tensors, a shape mismatch, or the
-                memory is released.
+            WeightUpdateError: no safetensors, unknown/missing tensors, or a shape mismatch.
         """
         path = str(path)
         state = self._read_state_dict(path)
@@ -213,6 +248,8 @@ class ModelRunner:
             if self.model is not None:
                 self._copy_weights(state, path)
             self.weights_path = path  # while released: loaded by resume()
+            if version is not None:
+                self.weight_version = version
 
     # --- tokens --------------------------------------------------------------------------------
 
@@ -296,11 +333,12 @@ class ModelRunner:
                     logits_to_keep=1,
                     **{self._cache_kw: cache},
                 )
+                version = self.weight_version
             cache = getattr(out, "cache", None) or out.past_key_values
             tokens, logprobs = sample_next(out.logits[:, -1, :].float(), active)
             keep = []
             for i, req in enumerate(active):
-                self._append(req, int(tokens[i]), float(logprobs[i]))
+                self._append(req, int(tokens[i]), float(logprobs[i]), version)
                 if not req.done:
                     keep.append(i)
             if len(keep) < len(active):
@@ -314,10 +352,16 @@ class ModelRunner:
             step_ids = tokens[:, None]
             step_pos = step_pos[:, -1:] + 1
 
-    def _append(self, req: GenerationRequest, token: int, logprob: float) -> None:
-        """Record one sampled token and decide whether the request is finished."""
+    def _append(self, req: GenerationRequest, token: int, logprob: float, version: str) -> None:
+        """Record one sampled token (and the weights that sampled it); decide whether the
+        request is finished."""
         req.output_ids.append(token)
         req.output_logprobs.append(logprob)
+        spans, count = req.weight_versions, len(req.output_ids)
+        if spans and spans[-1]["version"] == version:
+            spans[-1]["end"] = count
+        else:
+            spans.append({"version": version, "start": count - 1, "end": count})
         if token in req.stop_token_ids or (token in self.eos_ids and not req.ignore_eos):
             req.finish_reason, req.matched_stop = "stop", token
         if req.stop:

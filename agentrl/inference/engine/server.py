@@ -28,6 +28,7 @@ def serve(
     batch_wait_s: float = 0.005,
     weight_version: str = "0",
     num_threads: int = 0,
+    weights_cpu_backup: bool = False,
 ) -> None:
     """Load ``model`` and serve it on ``host:port`` until SIGINT/SIGTERM.
 
@@ -41,16 +42,19 @@ def serve(
         batch_wait_s: seconds the scheduler waits for requests to join a batch.
         weight_version: the version reported for the weights loaded at start.
         num_threads: torch intra-op threads; 0 uses :func:`default_num_threads`.
+        weights_cpu_backup: keep updated weights across release/resume (SGLang's
+            ``--enable-weights-cpu-backup``; see :class:`ModelRunner`).
 
     Raises:
         InferenceError: ``model`` is not a local directory.
     """
     torch.set_num_threads(num_threads or default_num_threads())
     path = resolve_model_path(str(model))
-    runner = ModelRunner(path, seed=seed)
+    runner = ModelRunner(path, seed=seed, weight_version=weight_version,
+                         weights_cpu_backup=weights_cpu_backup)
     scheduler = BatchScheduler(runner, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
     scheduler.start()
-    app = create_app(EngineState(runner, scheduler, served_model_name, weight_version))
+    app = create_app(EngineState(runner, scheduler, served_model_name))
     log.info("CPU engine serving %s as %r on %s:%d", path, served_model_name, host, port)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
@@ -77,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-version", default="0")
     parser.add_argument("--num-threads", type=int, default=0,
                         help="torch threads (0: half the CPU cores)")
+    parser.add_argument("--enable-weights-cpu-backup", action="store_true",
+                        help="keep updated weights across release/resume (as SGLang's flag)")
     return parser
 
 
@@ -89,4 +95,5 @@ def main(argv: list[str] | None = None) -> None:
         served_model_name=args.served_model_name, seed=args.seed,
         max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_s,
         weight_version=args.weight_version, num_threads=args.num_threads,
+        weights_cpu_backup=args.enable_weights_cpu_backup,
     )
