@@ -432,6 +432,22 @@ class ChildProcessFailedError(TrainingError):
         )
 
 
+
+class TrackerUnavailableError(TrainingError):
+    """Raised when ``report_to`` names an experiment tracker whose library is not installed.
+
+    Attributes:
+        name: the tracker (``tensorboard``, ``wandb``, ``mlflow``, ``swanlab``).
+        package: the Python package it needs.
+    """
+
+    def __init__(self, name: str, package: str) -> None:
+        self.name, self.package = name, package
+        super().__init__(
+            f"report_to names {name!r}, but its library {package!r} is not installed: "
+            "pip install 'agentrl[trackers]' (or drop it from report_to)"
+        )
+
 # --- operations (evaluation jobs, status) --------------------------------------------------------
 
 
