@@ -128,7 +128,8 @@ class MetricsLogger:
             self._task_id = self._progress.add_task("waiting for READY records", total=total_steps)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Record one step: a JSONL line ``{"step", "time", <metrics>}`` and a progress tick."""
+        """Record one step: a JSONL line ``{"step", "time", <metrics>}`` (non-finite values as
+        ``null``), the finite values to each tracker, and a progress tick."""
         values = {k: _jsonable(v) for k, v in metrics.items()}
         self._file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         self._file.flush()
