@@ -64,6 +64,26 @@ def _run_context(config: AgentTrainingConfig, name: str) -> dict[str, Any]:
             "eval": run_eval(summary), "summary": summary}
 
 
+def _index_context(
+    config: AgentTrainingConfig, dbs: Databases, where: RecordFilter, page: int
+) -> dict[str, Any]:
+    rows, total = list_records(dbs, where, PAGE_SIZE, (page - 1) * PAGE_SIZE)
+    statuses = [s.value for s in RecordStatus]
+    return {
+        **_run_context(config, config.name),
+        "db_name": config.db_name,
+        "runs": list_runs(Path(config.output_dir)),
+        "counts": counts_by_split_epoch(dbs, Record, statuses),
+        "statuses": statuses,
+        "choices": filter_choices(dbs),
+        "where": where,
+        "records": rows,
+        "total": total,
+        "page": page,
+        "pages": max(1, math.ceil(total / PAGE_SIZE)),
+    }
+
+
 def create_app(
     config: AgentTrainingConfig,
     dbs: Databases,
@@ -104,21 +124,8 @@ def create_app(
     ) -> Response:
         where = RecordFilter(split=split, epoch=int(epoch) if epoch.lstrip("-").isdigit()
                              else None, status=status, errors_only=errors)
-        rows, total = list_records(dbs, where, PAGE_SIZE, (page - 1) * PAGE_SIZE)
-        statuses = [s.value for s in RecordStatus]
-        return TEMPLATES.TemplateResponse(request, "index.html", {
-            **_run_context(config, config.name),
-            "db_name": config.db_name,
-            "runs": list_runs(Path(config.output_dir)),
-            "counts": counts_by_split_epoch(dbs, Record, statuses),
-            "statuses": statuses,
-            "choices": filter_choices(dbs),
-            "where": where,
-            "records": rows,
-            "total": total,
-            "page": page,
-            "pages": max(1, math.ceil(total / PAGE_SIZE)),
-        })
+        return TEMPLATES.TemplateResponse(request, "index.html",
+                                          _index_context(config, dbs, where, page))
 
     @app.get("/records/{record_id:path}", response_class=HTMLResponse)
     def record_page(request: Request, record_id: str) -> Response:

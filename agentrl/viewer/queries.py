@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus, Task
+from agentrl.databases import Databases, DispatchedSamplingTask, Record, Task
 
 RECORD_LIST_FIELDS = (
     "task_id", "traj_id", "epoch", "split", "status", "score", "advantage", "attempts",
@@ -50,13 +50,11 @@ class RecordFilter:
 
 
 def filter_choices(dbs: Databases) -> dict[str, list[Any]]:
-    """The values the filters offer: ``splits``, ``epochs`` (present in the records) and
-    ``statuses`` (the lifecycle's, in order)."""
+    """The splits and epochs the records have (``splits``, ``epochs``), for the filters."""
     coll = dbs.store.collection(Record)
     return {
         "splits": sorted(str(s) for s in coll.distinct("split")),
         "epochs": sorted(int(e) for e in coll.distinct("epoch")),
-        "statuses": [s.value for s in RecordStatus],
     }
 
 
