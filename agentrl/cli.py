@@ -15,10 +15,11 @@ from agentrl.inference.cli import engine_app, services_app
 from agentrl.ops_cli import EVAL_COMMAND, STATUS_COMMAND, eval_command, status
 from agentrl.rollout.osworld.cli import osworld_app
 from agentrl.training.cli import TRAIN_COMMAND, train
+from agentrl.viewer.cli import VIEWER_COMMAND, viewer
 
 app = typer.Typer(
     name="agentrl",
-    help="Asynchronous RL for LLM agents on Celery: run, train, serve, sample, inspect.",
+    help="Asynchronous RL for LLM agents on Celery: run, train, serve, sample, inspect, view.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -31,6 +32,7 @@ app.command(**TRAIN_COMMAND)(train)
 app.command(**RUN_COMMAND)(run)
 app.command(**STATUS_COMMAND)(status)
 app.command(**EVAL_COMMAND)(eval_command)
+app.command(**VIEWER_COMMAND)(viewer)
 
 
 def main() -> None:

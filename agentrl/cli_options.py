@@ -62,6 +62,7 @@ def config_flags_help() -> str:
     lines = ["Config flags (override the YAML file and AGENTRL_<FIELD> env variables):", ""]
     for key, field in AgentTrainingConfig.model_fields.items():
         lines.append(
-            f"  --{key.replace('_', '-')}: {field.description} (default: {field.default!r})"
+            f"  --{key.replace('_', '-')}: {field.description} "
+            f"(default: {field.get_default(call_default_factory=True)!r})"
         )
     return "\n\n".join(lines)

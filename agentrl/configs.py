@@ -11,16 +11,18 @@ variable ``AGENTRL_CONFIG``.
 
 from __future__ import annotations
 
+import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -32,6 +34,9 @@ CONFIG_ENV_VAR = "AGENTRL_CONFIG"
 
 AGENTRL_HOME = Path(os.environ.get("AGENTRL_HOME", Path.home() / ".agentrl"))
 """Where embedded state lives by default (MongoDB data, objects, model cache)."""
+
+TrackerName = Literal["tensorboard", "wandb", "mlflow", "swanlab"]
+"""The experiment trackers ``report_to`` can name."""
 
 _yaml_values: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_values", default=None)
 
@@ -391,6 +396,24 @@ class AgentTrainingConfig(BaseSettings):
     no_spread_warning_s: float = Field(
         60.0, gt=0, description="Say so when no group with score spread arrived for this long (s)."
     )
+    report_to: Annotated[list[TrackerName], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Experiment trackers that get every logged metric besides metrics.jsonl: any of "
+            "tensorboard, wandb, mlflow, swanlab (comma-separated in env/flags; offline by "
+            "default, see README)."
+        ),
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _split_report_to(cls, value: Any) -> Any:
+        """Accept ``"tensorboard,wandb"`` or a JSON list (env variables and flags) as a list."""
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @property
     def effective_broker_url(self) -> str:

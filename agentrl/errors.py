@@ -492,11 +492,27 @@ class ChildProcessFailedError(TrainingError):
         )
 
 
+
+class TrackerUnavailableError(TrainingError):
+    """Raised when ``report_to`` names an experiment tracker whose library is not installed.
+
+    Attributes:
+        name: the tracker (``tensorboard``, ``wandb``, ``mlflow``, ``swanlab``).
+        package: the Python package it needs.
+    """
+
+    def __init__(self, name: str, package: str) -> None:
+        self.name, self.package = name, package
+        super().__init__(
+            f"report_to names {name!r}, but its library {package!r} is not installed: "
+            "pip install 'agentrl[trackers]' (or drop it from report_to)"
+        )
+
 # --- operations (evaluation jobs, status) --------------------------------------------------------
 
 
 class OperationsError(AgentRLError):
-    """Base of errors from ad-hoc evaluation jobs and the status view."""
+    """Base of errors from ad-hoc evaluation jobs, the status view and the trajectory viewer."""
 
 
 class EvaluationError(OperationsError):
@@ -518,3 +534,17 @@ class EvaluationError(OperationsError):
     def __str__(self) -> str:
         where = f"evaluation {self.evaluation_id}: " if self.evaluation_id else "evaluation: "
         return where + self.reason
+
+
+class ViewerAuthError(OperationsError):
+    """Raised when the trajectory viewer's ``--basic-auth`` is malformed, or when it is asked to
+    bind a non-loopback address without credentials.
+
+    Attributes:
+        host: the address asked for (``None`` for a malformed ``--basic-auth``).
+        reason: what is wrong and how to fix it.
+    """
+
+    def __init__(self, reason: str, host: str | None = None) -> None:
+        self.host, self.reason = host, reason
+        super().__init__(reason)

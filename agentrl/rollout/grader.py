@@ -1,9 +1,18 @@
 """The math answer grader: extract the final ``\\boxed{}`` answer and compare it with the gold one.
 
 Numbers are compared exactly as fractions after normalizing the surface form: thousands commas,
-``$`` and ``\\$``, units and ``\\text{...}`` after the number, ``%``, a trailing ``.`` or ``.0``,
-``\\frac``/``\\dfrac``/``a/b`` versus decimals (``1/2 == 0.5``). Anything that is not a plain
-number (expressions, intervals, matrices) is compared with ``math-verify`` (sympy based).
+``$`` and ``\\$``, ``\\text{...}`` wrappers, ``%``, a trailing ``.`` or ``.0``,
+``\\frac``/``\\dfrac``/``a/b`` versus decimals (``1/2 == 0.5``), and a unit after the number
+only when it is one of :data:`UNITS` (``5 cm`` is 5; ``2x``, ``3pi`` and ``5e`` are not numbers).
+
+Anything that is not a plain number (expressions, intervals, sets, matrices) is parsed with
+``math-verify`` (sympy based) and checked for truncation: the text math-verify extracted must parse
+on its own with ``latex2sympy`` and keep every digit of the answer, else the answer counts as
+unparsable (math-verify reads ``1 - \\frac{1}{\\mathrm{e}}`` as ``1``). Two scalar expressions
+are equal only when their difference is exactly zero in sympy, with decimals taken as exact
+rationals (math-verify's float comparison drops differences below 1e-15, so
+``\\frac{1}{2^{98}}`` would equal ``\\frac{1}{2^{99}}``). Sets, tuples, intervals, relations and
+matrices go to math-verify's ``verify`` at :data:`STRUCTURE_PRECISION_DIGITS` digits.
 
 Scores (:func:`score_completion`): 1.0 for a correct boxed answer, ``format_reward`` for a
 well-formed but wrong boxed answer, 0.0 when there is no boxed answer.
@@ -13,18 +22,37 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from fractions import Fraction
 
+import sympy
+from latex2sympy2_extended import latex2sympy
 from math_verify import parse, verify
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+UNITS = frozenset(
+    "mm cm m km in inch inches ft foot feet yd yard yards mi mile miles "
+    "mg g kg lb lbs pound pounds oz ounce ounces ton tons "
+    "s sec secs second seconds min mins minute minutes h hr hrs hour hours "
+    "day days week weeks month months year years "
+    "ml l liter liters litre litres gallon gallons cup cups "
+    "dollar dollars cent cents usd mph kph degree degrees percent unit units".split()
+)
+"""Units allowed after a number (lower case; ``m^2`` and ``km/h`` combine them). Any other
+trailing letters make the answer an expression, not a number."""
+
+STRUCTURE_PRECISION_DIGITS = 1000
+"""Decimal digits at which ``verify`` compares the numbers inside sets, tuples, intervals,
+relations and matrices (its default, 15, equates values that differ below 1e-15)."""
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+(?:\.\d*)?)?")
 _FRAC = re.compile(r"^(-?)\\[dt]?frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}$")
 _FRAC_SHORT = re.compile(r"^(-?)\\[dt]?frac(\d)(\d)$")
-_GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
+_GSM8K_FINAL = re.compile(r"####[ \t]*([^\n]*)")
+_UNIT_SUFFIX = re.compile(r"([a-z]+)(?:\^?\d)?(?:/([a-z]+))?")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -48,9 +76,14 @@ def extract_boxed(text: str) -> str | None:
 
 
 def gsm8k_final_answer(solution: str) -> str | None:
-    """The final answer after GSM8K's ``####`` marker, or ``None``."""
+    """The final answer after GSM8K's ``####`` marker, up to the end of its line.
+
+    Returns:
+        The answer, or ``None`` when there is no marker or nothing follows it on its line.
+    """
     match = _GSM8K_FINAL.search(solution)
-    return match.group(1).strip() if match else None
+    answer = match.group(1).strip() if match else ""
+    return answer or None
 
 
 def normalize_answer(answer: str) -> str:
@@ -68,9 +101,18 @@ def normalize_answer(answer: str) -> str:
     return s
 
 
+def _is_unit(suffix: str) -> bool:
+    """Whether ``suffix`` (what follows a number) is ``%`` or a unit of :data:`UNITS`."""
+    if suffix == "%":
+        return True
+    match = _UNIT_SUFFIX.fullmatch(suffix.lower())
+    return bool(match) and all(u is None or u in UNITS for u in match.groups())
+
+
 def to_number(answer: str) -> Fraction | None:
     """The exact value of a normalized numeric answer (integer, decimal, ``a/b``, ``\\frac{a}{b}``,
-    optionally followed by a unit or ``%``), or ``None`` when it is not a plain number."""
+    optionally followed by ``%`` or a unit of :data:`UNITS`), or ``None`` when it is not a plain
+    number."""
     s = normalize_answer(answer)
     for pattern in (_FRAC, _FRAC_SHORT):
         match = pattern.match(s)
@@ -85,7 +127,7 @@ def to_number(answer: str) -> Fraction | None:
     if not match:
         return None
     rest = s[match.end():]
-    if rest and not re.fullmatch(r"%|[a-zA-Z]+(?:\^?\d)?|[a-zA-Z]+/[a-zA-Z]+", rest):
+    if rest and not _is_unit(rest):
         return None
     try:
         text = match.group(0)
@@ -109,12 +151,59 @@ def answers_equal(predicted: str, gold: str) -> bool:
         return x == y
     if (x is None) != (y is None) and not any(c in a + b for c in "\\^{}()[]"):
         return False
+    gold_expr, pred_expr = parse_expression(gold), parse_expression(predicted)
+    if gold_expr is None or pred_expr is None:
+        return False
+    return expressions_equal(gold_expr, pred_expr)
+
+
+def _truncated(answer: str, extracted: str) -> bool:
+    """Whether math-verify's ``extracted`` text lost part of ``answer``: it does not parse on its
+    own, or it misses a digit of the answer."""
     try:
-        gold_parsed = parse(f"${gold}$", parsing_timeout=None)  # type: ignore[arg-type]
-        pred_parsed = parse(f"${predicted}$", parsing_timeout=None)  # type: ignore[arg-type]
-        return bool(gold_parsed and pred_parsed
-                    and verify(gold_parsed, pred_parsed, timeout_seconds=None))
-    except Exception:  # noqa: BLE001 - an unparsable answer is simply not equal
+        latex2sympy(extracted, normalization_config=None)
+    except Exception:  # noqa: BLE001 - latex2sympy raises bare Exception on a malformed prefix
+        return True
+    return bool(Counter(re.findall(r"\d", answer)) - Counter(re.findall(r"\d", extracted)))
+
+
+def parse_expression(answer: str) -> sympy.Basic | sympy.MatrixBase | None:
+    """The sympy value of a LaTeX answer, parsed with math-verify and checked for truncation.
+
+    Returns:
+        The expression, set, interval, relation or matrix; ``None`` when the answer does not
+        parse or math-verify parsed only part of it.
+    """
+    try:
+        parsed = parse(f"${answer}$", parsing_timeout=None)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - an unparsable answer is simply not comparable
+        return None
+    if len(parsed) < 2 or not isinstance(parsed[-1], str) or _truncated(answer, parsed[-1]):
+        return None
+    return parsed[0]
+
+
+def _exact(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` with every float replaced by the rational its decimal digits spell."""
+    return expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
+
+
+def expressions_equal(
+    gold: sympy.Basic | sympy.MatrixBase, pred: sympy.Basic | sympy.MatrixBase
+) -> bool:
+    """Whether two parsed answers are the same value.
+
+    Scalar expressions: their difference, with floats as exact rationals, simplifies to exactly
+    zero (or sympy's ``equals`` proves it zero). Anything else: math-verify's ``verify`` at
+    :data:`STRUCTURE_PRECISION_DIGITS` digits.
+    """
+    try:
+        if isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr):
+            diff = sympy.simplify(_exact(gold) - _exact(pred))
+            return bool(diff == 0 or diff.equals(0) is True)
+        return bool(verify(gold, pred, numeric_precision=STRUCTURE_PRECISION_DIGITS,
+                           timeout_seconds=None))  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - sympy gives up on some pairs: then they are not equal
         return False
 
 

@@ -3,12 +3,14 @@
 Names are slash groups (TRL style): ``reward/…``, ``rollout/…``, ``loss/…``, ``clip_ratio/…``,
 ``staleness/…``, ``perf/…``, ``optim/…``. Per-micro-batch values are reduced in one place,
 :func:`reduce_metrics` (a NaN-aware weighted mean); each step's reduced values go to a JSONL file
-(one object per line, with ``step`` and ``time``) and to a rich progress bar.
+(one object per line, with ``step`` and ``time``; the source of truth), to a rich progress bar and
+to the experiment trackers of ``report_to`` (:mod:`agentrl.training.trackers`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +19,10 @@ from types import TracebackType
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agentrl.training.trackers.base import Tracker
+
+log = logging.getLogger(__name__)
 
 REWARD_MEAN = "reward/mean"
 REWARD_STD = "reward/std"
@@ -86,20 +92,28 @@ def _jsonable(value: float) -> float | None:
 
 
 class MetricsLogger:
-    """Writes each step's metrics to a JSONL file and advances a progress bar.
+    """Writes each step's metrics to a JSONL file, advances a progress bar and passes the finite
+    metrics on to experiment trackers.
 
     Args:
         path: the JSONL file (appended to, so a resumed run continues it).
         total_steps: steps expected (``None``: unknown).
         show_progress: draw the rich progress bar (off in tests or non-terminals).
+        trackers: open experiment trackers; closed by :meth:`close`. A tracker that fails to
+            log is reported once and dropped: the JSONL file is the record of the run.
 
     Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(
-        self, path: Path, total_steps: int | None = None, show_progress: bool = True
+        self,
+        path: Path,
+        total_steps: int | None = None,
+        show_progress: bool = True,
+        trackers: Sequence[Tracker] = (),
     ) -> None:
         self.path = Path(path)
+        self.trackers = list(trackers)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
         self.console = Console(stderr=True)
@@ -119,10 +133,12 @@ class MetricsLogger:
             self._task_id = self._progress.add_task("waiting for READY records", total=total_steps)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Record one step: a JSONL line ``{"step", "time", <metrics>}`` and a progress tick."""
-        line = {"step": step, "time": time.time(), **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(line) + "\n")
+        """Record one step: a JSONL line ``{"step", "time", <metrics>}`` (non-finite values as
+        ``null``), the finite values to each tracker, and a progress tick."""
+        values = {k: _jsonable(v) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         self._file.flush()
+        self._to_trackers(step, {k: v for k, v in values.items() if v is not None})
         if self._progress is not None and self._task_id is not None:
             shown = "  ".join(
                 f"{name.split('/', 1)[1] if name != REWARD_MEAN else 'reward'}="
@@ -131,15 +147,35 @@ class MetricsLogger:
             )
             self._progress.update(self._task_id, advance=1, description=f"step {step}  {shown}")
 
+    def _to_trackers(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log to every tracker; drop (and close) one that raises."""
+        for tracker in list(self.trackers):
+            try:
+                tracker.log(step, metrics)
+            except Exception:  # noqa: BLE001 - a tracker must not stop training
+                log.exception("tracker %s failed to log step %d; it is dropped", tracker.name, step)
+                self.trackers.remove(tracker)
+                self._close_tracker(tracker)
+
+    @staticmethod
+    def _close_tracker(tracker: Tracker) -> None:
+        try:
+            tracker.close()
+        except Exception:  # noqa: BLE001 - closing the others and the file matters more
+            log.exception("tracker %s failed to close", tracker.name)
+
     def note(self, message: str) -> None:
         """Print a status line above the bar (e.g. why training is waiting)."""
         self.console.print(message)
 
     def close(self) -> None:
-        """Stop the bar and close the file."""
+        """Stop the bar, close the trackers and the file."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        for tracker in self.trackers:
+            self._close_tracker(tracker)
+        self.trackers = []
         self._file.close()
 
     def __enter__(self) -> MetricsLogger:

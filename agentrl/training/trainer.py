@@ -9,7 +9,7 @@ One step reads like the algorithm (:meth:`Trainer.train`)::
     global_step += 1                     # the run state samplers stamp calls with
     checkpoint(model, optimizer, step)   # resumable every checkpoint_every_steps (and at the end)
     commit claims                        # records count as trained once checkpointed
-    log(metrics)                         # JSONL + progress bar
+    log(metrics)                         # JSONL, progress bar, report_to trackers
 
 Works as a single process on CPU (``agentrl train``) and under ``torchrun``: each rank claims its
 own groups, gradients are averaged by DistributedDataParallel, and rank 0 alone publishes,
@@ -58,6 +58,7 @@ from agentrl.training.loss import (
 from agentrl.training.metrics import MetricsLogger, reduce_metrics
 from agentrl.training.records import ClaimedGroup, RecordClaimer
 from agentrl.training.tokenization import TrainBatch, collate, tokenize_sample
+from agentrl.training.trackers import open_trackers
 from agentrl.training.weights import WeightPublisher, no_publish
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,8 @@ class Trainer:
                 log.info("%d records claimed by steps after the checkpoint go back", returned)
         self.is_main = self.rank == 0
         self.logger = MetricsLogger(
-            self.metrics_path, config.max_steps or None, show_progress and self.is_main
+            self.metrics_path, config.max_steps or None, show_progress and self.is_main,
+            trackers=open_trackers(config) if self.is_main else (),
         )
         self._counts = self.claimer.rollout_counts()
 
