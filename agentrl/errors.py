@@ -221,7 +221,7 @@ class NoEnvironmentAvailableError(AgentEnvError):
     def __init__(self, kind: str, waited_s: float, registered: int) -> None:
         self.kind, self.waited_s, self.registered = kind, waited_s, registered
         hint = (
-            "none is registered: run setup_osworld_envs (osworld_env_urls / osworld_provider)"
+            "none is registered: run setup_osworld_envs (osworld.env_urls / osworld.provider)"
             if registered == 0
             else "all are leased; add envs or lower max_concurrent_samples_per_process"
         )
@@ -264,7 +264,7 @@ class ProviderUnavailableError(AgentEnvError):
     def __init__(self, provider: str, cause: str) -> None:
         self.provider = provider
         super().__init__(
-            f"osworld_provider={provider!r} needs the desktop-env package "
+            f"osworld.provider={provider!r} needs the desktop-env package "
             f"(`pip install desktop-env`, see docs/osworld.md): {cause}"
         )
 
