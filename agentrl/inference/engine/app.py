@@ -5,7 +5,9 @@ drives both engines the same way:
 
 - ``GET /health``, ``GET /health_generate`` (generates one token), ``GET /get_load``,
   ``GET /v1/models``, ``GET /get_model_info`` and ``GET /get_weight_version`` (``weight_version``).
-- ``POST /v1/chat/completions``: messages, tools (passed to the chat template), temperature,
+- ``POST /v1/chat/completions``: messages, tools (passed to the chat template; Hermes
+  ``<tool_call>`` blocks in the reply come back as ``tool_calls``,
+  :func:`~agentrl.inference.tool_calls.parse_tool_calls`), temperature,
   top_p, max_tokens / max_completion_tokens, n, seed, stop, ignore_eos, logprobs. Each choice
   carries ``token_ids`` and, with ``logprobs: true``, ``logprobs.content[i]`` = ``{token, logprob,
   token_id, bytes, top_logprobs}``; logprobs are the model's raw ``log_softmax`` (nats).
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from typing import Any
@@ -34,9 +35,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from agentrl.errors import WeightUpdateError
 from agentrl.inference.engine.runner import GenerationRequest, ModelRunner
 from agentrl.inference.engine.scheduler import BatchScheduler
-
-TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
-"""Hermes-style tool calls: ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``."""
+from agentrl.inference.tool_calls import parse_tool_calls
 
 
 class EngineState:
@@ -60,37 +59,6 @@ class EngineState:
         self.served_model_name = served_model_name
         self.weight_version = weight_version
         self.update_lock = asyncio.Lock()
-
-
-def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
-    """Split Hermes-style ``<tool_call>`` blocks off ``text``.
-
-    Returns:
-        ``(content, tool_calls)``: the text without the blocks, and OpenAI-format tool calls
-        (arguments as a JSON string). Blocks that are not valid JSON stay in the content.
-    """
-    calls: list[dict[str, Any]] = []
-
-    def take(match: re.Match[str]) -> str:
-        try:
-            data = json.loads(match.group(1))
-        except json.JSONDecodeError:
-            return match.group(0)
-        if not isinstance(data, dict) or "name" not in data:
-            return match.group(0)
-        args = data.get("arguments", {})
-        calls.append({
-            "id": f"call_{uuid.uuid4().hex[:24]}",
-            "type": "function",
-            "function": {
-                "name": str(data["name"]),
-                "arguments": args if isinstance(args, str) else json.dumps(args),
-            },
-        })
-        return ""
-
-    content = TOOL_CALL_RE.sub(take, text)
-    return (content.strip() if calls else content), calls
 
 
 def _rows_from_params(
@@ -190,8 +158,10 @@ def create_app(state: EngineState) -> FastAPI:
         want_logprobs = bool(body.get("logprobs"))
         choices = []
         for index, row in enumerate(rows):
-            content, tool_calls = parse_tool_calls(row.text) if body.get("tools") else (
-                row.text, [])
+            content, tool_calls = row.text, []
+            if body.get("tools"):  # Hermes blocks become tool_calls; malformed ones stay text
+                parsed = parse_tool_calls(row.text)
+                content, tool_calls = parsed.content, [c.to_openai() for c in parsed.calls]
             finish = row.finish_reason
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if tool_calls:
