@@ -202,6 +202,46 @@ class TrajectoryFinishedError(NoTaskAvailableError, RolloutError):
         super().__init__(f"trajectory {record_id} is already {status}; nothing to sample")
 
 
+# --- rollout: infrastructure failures (not the policy's fault) ------------------------------------
+
+
+class RolloutInfrastructureError(RolloutError):
+    """Base of failures of what a trajectory depends on besides the policy: a reward judge, a
+    tool server. They are *infrastructure* failures (DESIGN.md "Failures have kinds"): the
+    trajectory is retried or waited out, never scored 0 into its group. The trajectory ledger
+    classifies an exception of this class (raised from ``run`` or ``evaluate_record``) as
+    ``infrastructure``."""
+
+
+class JudgeUnavailableError(RolloutInfrastructureError):
+    """Raised when the LLM judge of a reward gives no verdict: its service is down or unknown,
+    the call fails, or it answers without a yes/no verdict ``judge_max_attempts`` times.
+
+    Attributes:
+        model: the judge's served model name.
+        record_id: the record being judged.
+        reason: what went wrong (the last error or reply).
+    """
+
+    def __init__(self, model: str, record_id: str, reason: str) -> None:
+        self.model, self.record_id, self.reason = model, record_id, reason
+        super().__init__(f"judge {model!r} gave no verdict for record {record_id}: {reason}")
+
+
+class ToolServerUnavailableError(RolloutInfrastructureError):
+    """Raised when an MCP tool server cannot be reached and reconnecting does not help: it does
+    not start or answer, or it dies again on the retried call.
+
+    Attributes:
+        server: the server's name in mcp.json.
+        reason: the transport error.
+    """
+
+    def __init__(self, server: str, reason: str) -> None:
+        self.server, self.reason = server, reason
+        super().__init__(f"MCP server {server!r} is unavailable: {reason}")
+
+
 # --- rollout: osworld environments ---------------------------------------------------------------
 
 

@@ -76,11 +76,13 @@ class ParsedToolCalls:
         content: the text without the well-formed blocks (malformed ones stay in it).
         calls: the well-formed calls, in order.
         malformed: the blocks that are not a call, in order.
+        items: calls and malformed blocks together, in the order they appear.
     """
 
     content: str
     calls: list[ToolCall] = field(default_factory=list)
     malformed: list[MalformedToolCall] = field(default_factory=list)
+    items: list[ToolCall | MalformedToolCall] = field(default_factory=list)
 
 
 def _decode(raw: str, call_id: str | None = None) -> ToolCall | MalformedToolCall:
@@ -133,9 +135,11 @@ def parse_tool_calls(text: str) -> ParsedToolCalls:
     def take(match: re.Match[str]) -> str:
         raw = match.group(1).strip()
         if not match.group(0).endswith("</tool_call>"):
-            parsed.malformed.append(MalformedToolCall(raw=raw, reason="no closing </tool_call>"))
-            return match.group(0)
-        call = _decode(raw)
+            call: ToolCall | MalformedToolCall = MalformedToolCall(
+                raw=raw, reason="no closing </tool_call>")
+        else:
+            call = _decode(raw)
+        parsed.items.append(call)
         if isinstance(call, MalformedToolCall):
             parsed.malformed.append(call)
             return match.group(0)
