@@ -52,7 +52,7 @@ def _evaluate(node: ast.AST) -> Fraction:
 
     Raises:
         ValueError: anything but numbers and the arithmetic operators, a huge power.
-        ZeroDivisionError: division by zero.
+        ZeroDivisionError: division (or modulo) by zero.
     """
     if isinstance(node, ast.Expression):
         return _evaluate(node.body)
@@ -70,7 +70,7 @@ def _evaluate(node: ast.AST) -> Fraction:
         if len(str(abs(value.numerator))) > MAX_DIGITS:
             raise ValueError("the number is too large")
         return value
-    raise ValueError(f"only numbers and + - * / // % ** ( ) are allowed, not {ast.dump(node)}")
+    raise ValueError(f"only numbers and + - * / // % ** ( ) are allowed, not {type(node).__name__}")
 
 
 def format_number(value: Fraction) -> str:
@@ -88,7 +88,10 @@ def calculate(expression: str) -> str:
         tree = ast.parse(cleaned.strip(), mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"not an arithmetic expression: {expression!r}") from exc
-    return format_number(_evaluate(tree))
+    try:
+        return format_number(_evaluate(tree))
+    except ZeroDivisionError as exc:
+        raise ValueError("division by zero") from exc
 
 
 def load_facts(path: Path = FACTS_FILE) -> dict[str, float]:
