@@ -125,6 +125,13 @@ class MCPSettings(SectionSettings):
         "",
         description="System prompt of tasks that bring none (empty: the built-in one).",
     )
+    demonstration: list[dict[str, str]] = Field(
+        default_factory=list,
+        description=(
+            "Chat messages ({role, content}) shown between the system prompt and the question, "
+            "e.g. a worked tool call (JSON in env/flags)."
+        ),
+    )
     reward: Literal["exact_match", "math", "llm_judge"] = Field(
         "exact_match",
         description=(

@@ -240,3 +240,16 @@ def test_max_context_tokens_ends_or_resets_the_context(
         assert roles == ["system", "user", "assistant", "tool", "system", "user", "assistant"]
         calls = list(dbs.store.find(DispatchedSamplingTask, {"record_id": record.id}))
         assert len(convert_record_to_data_func(record, calls)) == 2  # one sequence per context
+
+
+def test_first_messages_hold_the_demonstration(config: AgentTrainingConfig) -> None:
+    demo = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": call("add")},
+            {"role": "tool", "content": "2"}, {"role": "assistant", "content": "<answer>2</answer>"}]
+    config.mcp.demonstration = demo
+    sampler = MCPSampler(config)
+    sampler.task = MCPTask(question="2+2?", answers=["4"], system_prompt="Be exact.")
+    messages = sampler.first_messages([])
+    assert messages == [{"role": "system", "content": "Be exact."}, *demo,
+                        {"role": "user", "content": "2+2?"}]
+    sampler.task = MCPTask(question="2+2?", answers=["4"], answer_format="boxed")
+    assert "\\boxed{ANSWER}" in sampler.first_messages([])[0]["content"]

@@ -5,7 +5,8 @@ One trajectory (:meth:`MCPSampler.run`), settings from the config section ``mcp`
 1. the tools of the servers in ``mcp_config`` (:func:`~agentrl.rollout.mcp.pool.session_pool`,
    one pool per worker process) and the first messages: the system prompt (the task's, else
    ``mcp.system_prompt``, else :data:`DEFAULT_SYSTEM_PROMPTS`), with the tools described in it
-   when ``tool_call_format: text`` (:func:`tools_prompt`), and the question;
+   when ``tool_call_format: text`` (:func:`tools_prompt`), the ``mcp.demonstration`` messages,
+   and the question;
 2. up to ``max_turns`` LLM calls (``create_chat_completions``, one DispatchedSamplingTask each,
    ``tools=`` passed when ``tool_call_format: openai``). Each reply is appended as the server
    returned it. A reply with a final answer (:func:`~agentrl.rollout.mcp.rewards.extract_answer`
@@ -164,14 +165,15 @@ class MCPSampler(AsyncSampler):
         return self._task().answer_format or self.config.mcp.answer_format
 
     def first_messages(self, tools: list[ToolSpec]) -> list[dict[str, Any]]:
-        """System prompt (with the tools described, for ``tool_call_format: text``) and the
-        question."""
+        """System prompt (with the tools described, for ``tool_call_format: text``), the
+        demonstration and the question."""
         task, settings = self._task(), self.config.mcp
         system = task.system_prompt or settings.system_prompt or \
             DEFAULT_SYSTEM_PROMPTS[self.answer_format()]
         if settings.tool_call_format == "text" and tools:
             system = f"{system}\n\n{tools_prompt(tools)}"
-        return [{"role": "system", "content": system}, {"role": "user", "content": task.question}]
+        return [{"role": "system", "content": system}, *map(dict, settings.demonstration),
+                {"role": "user", "content": task.question}]
 
     async def run(self) -> None:
         """The tool loop (see the module docstring); outputs go to ``self.record.meta``."""
