@@ -244,7 +244,8 @@ def test_max_context_tokens_ends_or_resets_the_context(
 
 def test_first_messages_hold_the_demonstration(config: AgentTrainingConfig) -> None:
     demo = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": call("add")},
-            {"role": "tool", "content": "2"}, {"role": "assistant", "content": "<answer>2</answer>"}]
+            {"role": "tool", "content": "2"},
+            {"role": "assistant", "content": "<answer>2</answer>"}]
     config.mcp.demonstration = demo
     sampler = MCPSampler(config)
     sampler.task = MCPTask(question="2+2?", answers=["4"], system_prompt="Be exact.")
