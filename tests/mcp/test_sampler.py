@@ -4,6 +4,7 @@ max_turns and max_context_tokens, and the loss mask of a tool trajectory."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,7 +20,8 @@ from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordS
 from agentrl.errors import ToolServerUnavailableError
 from agentrl.inference.model_files import default_model_path
 from agentrl.inference.services import register_external_service
-from agentrl.rollout.mcp import MCPSampler, MCPTask
+from agentrl.rollout.epochs import push_epoch
+from agentrl.rollout.mcp import MCPSampler, MCPTask, close_session_pools
 from agentrl.rollout.registry import get_sampler
 from agentrl.training.datasets import convert_record_to_data_func
 from agentrl.training.tokenization import tokenize_sample
@@ -254,3 +256,33 @@ def test_first_messages_hold_the_demonstration(config: AgentTrainingConfig) -> N
                         {"role": "user", "content": "2+2?"}]
     sampler.task = MCPTask(question="2+2?", answers=["4"], answer_format="boxed")
     assert "\\boxed{ANSWER}" in sampler.first_messages([])[0]["content"]
+
+
+def test_trajectories_of_one_process_share_the_server_session(
+    config: AgentTrainingConfig, dbs: Databases, stdio_mcp_json: Path, stub_model: StubModel
+) -> None:
+    config.mcp_config = str(stdio_mcp_json)
+    config.num_generations = 3
+
+    def reply(body: dict[str, Any]) -> str:
+        last = body["messages"][-1]
+        return "<answer>done</answer>" if last["role"] == "tool" else call("pid")
+
+    stub_model.script(config.model_name, [reply] * 6)
+    push_epoch(dbs, "train", [MCPTask(question="pid?", answers=["done"])], "mcp", lambda c: None)
+
+    async def one() -> Record:
+        async with MCPSampler(config, split="train") as sampler:
+            await sampler.run()
+        assert sampler.record is not None and sampler.failed is None
+        return sampler.record
+
+    async def three() -> list[Record]:
+        try:
+            return list(await asyncio.gather(one(), one(), one()))
+        finally:
+            await close_session_pools()
+
+    records = asyncio.run(three())
+    pids = {tool_messages(r)[0]["content"] for r in records}
+    assert len(records) == 3 and len(pids) == 1  # one server process answered all three

@@ -263,9 +263,11 @@ class MCPSessionPool:
         self.loop = asyncio.get_running_loop()
         self._locks = {name: asyncio.Lock() for name in servers}
         self._started = asyncio.Lock()
+        self._failure: BaseException | None = None
 
     async def start(self) -> None:
-        """Connect to every server and list the tools (once; later calls return at once).
+        """Connect to every server and list the tools (once; later calls return at once, or
+        raise the first start's error: :func:`session_pool` makes a new pool after a failure).
 
         Raises:
             ToolServerUnavailableError: a server did not start or answer.
@@ -273,6 +275,8 @@ class MCPSessionPool:
         async with self._started:
             if self.connections:
                 return
+            if self._failure is not None:  # callers that waited for a start that failed
+                raise self._failure
             connections = {name: ServerConnection(spec) for name, spec in self.servers.items()}
             results = await asyncio.gather(
                 *(c.start() for c in connections.values()), return_exceptions=True
@@ -280,6 +284,7 @@ class MCPSessionPool:
             failed = next((r for r in results if isinstance(r, BaseException)), None)
             if failed is not None:
                 await asyncio.gather(*(c.close() for c in connections.values()))
+                self._failure = failed
                 raise failed
             self.connections = connections
             self.tools = _expose(connections)
