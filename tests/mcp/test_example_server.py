@@ -4,6 +4,7 @@ session pool the sampler uses."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from agentrl.rollout.mcp.pool import MCPSessionPool
@@ -41,3 +42,28 @@ def test_calculator_and_lookup() -> None:
     assert results[6][1] and "division by zero" in results[6][0]
     assert results[7] == ("60", False)
     assert results[8][1] and "closest: minutes in an hour" in results[8][0]
+
+
+def test_tool_names_two_servers_share_get_the_server_name(tmp_path: Path) -> None:
+    server = str(Path(__file__).with_name("tool_server.py"))
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps({"mcpServers": {
+        "one": {"command": "python", "args": [server]},
+        "two": {"command": "python", "args": [server]},
+        "example": {"command": "python", "args": [str(EXAMPLE.with_name("server.py"))]},
+    }}))
+
+    async def listing() -> tuple[list[str], str, str]:
+        pool = MCPSessionPool(load_mcp_servers(path))
+        await pool.start()
+        try:
+            one = await pool.call("one_pid", {}, 10)
+            two = await pool.call("two_pid", {}, 10)
+            return [t["function"]["name"] for t in pool.openai_tools()], one.text, two.text
+        finally:
+            await pool.close()
+
+    names, one, two = asyncio.run(listing())
+    assert names == [f"{s}_{t}" for s in ("one", "two") for t in ("add", "echo", "fail", "hang",
+                                                                  "pid")] + ["calculate", "lookup"]
+    assert one != two  # each name reaches its own server
