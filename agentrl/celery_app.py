@@ -53,6 +53,7 @@ TASK_MODULES = [
     "beat.schedule",
     "agentrl.rollout.math",
     "agentrl.rollout.osworld",
+    "agentrl.rollout.mcp",
 ]
 """Modules every worker and beat import (they register the jobs and the built-in samplers)."""
 

@@ -9,23 +9,56 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentrl.configs import AgentTrainingConfig
+from pydantic.fields import FieldInfo
+
+from agentrl.config_sections import DEPRECATED_KEYS, SECTIONS
+from agentrl.configs import AgentTrainingConfig, did_you_mean
 from agentrl.errors import ConfigError
 
 CONFIG_FLAGS_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 """Typer ``context_settings`` for a command that accepts ``--<field> VALUE`` flags."""
 
 
+def flag_fields() -> dict[str, FieldInfo]:
+    """Every field a flag can set, by key: top-level fields, section fields as ``section.field``
+    and the deprecated flat names (which :func:`~agentrl.configs.load_config` moves)."""
+    fields: dict[str, FieldInfo] = {}
+    for key, field in AgentTrainingConfig.model_fields.items():
+        section = SECTIONS.get(key)
+        if section is None:
+            fields[key] = field
+        else:
+            fields.update({f"{key}.{sub}": f for sub, f in section.model_fields.items()})
+    for old, (section_name, sub) in DEPRECATED_KEYS.items():
+        fields[old] = SECTIONS[section_name].model_fields[sub]
+    return fields
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _put(overrides: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (dotted for a section field) in ``overrides``."""
+    section, dot, sub = key.partition(".")
+    if dot:
+        overrides.setdefault(section, {})[sub] = value
+    else:
+        overrides[key] = value
+
+
 def parse_config_flags(args: list[str]) -> dict[str, Any]:
-    """Turn ``["--num-generations", "8", "--sync-sampling", ...]`` into config overrides.
+    """Turn ``["--num-generations", "8", "--mcp.max-turns", "4", ...]`` into config overrides.
 
     ``--flag=value`` and ``--flag value`` both work; a boolean field given with no value is True
-    (``--no-<flag>`` makes it False). Values stay strings; the config validates and converts.
+    (``--no-<flag>`` makes it False). A section field is ``--<section>.<field>`` and lands in
+    ``overrides[section][field]``. Values stay strings; the config validates and converts.
 
     Raises:
-        ConfigError: an unknown flag or a flag with no value.
+        ConfigError: an unknown flag (with the closest known one and the value given) or a flag
+            with no value.
     """
-    fields = AgentTrainingConfig.model_fields
+    fields = flag_fields()
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -40,19 +73,25 @@ def parse_config_flags(args: list[str]) -> dict[str, Any]:
         if negated:
             key = key[3:]
         if key not in fields:
-            raise ConfigError(key, value or None, "unknown flag (see --help for the config flags)")
+            given = value or (args[i + 1] if i + 1 < len(args) and not
+                              args[i + 1].startswith("--") else None)
+            names = {k: _flag(k) for k in fields if k not in DEPRECATED_KEYS}
+            raise ConfigError(
+                key, given,
+                f"unknown flag {_flag(key)}{did_you_mean(key, names)} (see --help for the flags)",
+            )
         is_bool = fields[key].annotation is bool
         if negated:
-            overrides[key] = False
+            _put(overrides, key, False)
         elif value or "=" in arg:
-            overrides[key] = value
+            _put(overrides, key, value)
         elif is_bool and (i + 1 >= len(args) or args[i + 1].startswith("--")):
-            overrides[key] = True
+            _put(overrides, key, True)
         elif i + 1 < len(args):
             i += 1
-            overrides[key] = args[i]
+            _put(overrides, key, args[i])
         else:
-            raise ConfigError(key, None, "the flag needs a value")
+            raise ConfigError(key, None, f"the flag {_flag(key)} needs a value")
         i += 1
     return overrides
 
@@ -60,9 +99,9 @@ def parse_config_flags(args: list[str]) -> dict[str, Any]:
 def config_flags_help() -> str:
     """One line per config field, ``--flag  description (default: ...)``, for epilogs."""
     lines = ["Config flags (override the YAML file and AGENTRL_<FIELD> env variables):", ""]
-    for key, field in AgentTrainingConfig.model_fields.items():
-        lines.append(
-            f"  --{key.replace('_', '-')}: {field.description} "
-            f"(default: {field.get_default(call_default_factory=True)!r})"
-        )
+    for key, field in flag_fields().items():
+        if key in DEPRECATED_KEYS:
+            continue
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"  {_flag(key)}: {field.description} (default: {default!r})")
     return "\n\n".join(lines)

@@ -2,8 +2,15 @@
 
 Values come, lowest precedence first, from the field defaults, a YAML file, environment variables
 ``AGENTRL_<FIELD>`` (upper case), and explicit overrides (CLI flags). Each field's description is
-written once here and reused as the CLI's help text. A wrong value fails at load with
-:class:`~agentrl.errors.ConfigError` naming the key, the value, the reason and, for YAML, the line.
+written once here (and, for the samplers' sections, in :mod:`agentrl.config_sections`) and reused
+as the CLI's help text. A sampler's settings sit in its section: ``mcp: {max_turns: 8}`` in YAML,
+``AGENTRL_MCP__MAX_TURNS=8`` in the environment, ``--mcp.max-turns 8`` as a flag.
+
+A wrong value fails at load with :class:`~agentrl.errors.ConfigError` naming the key, the value,
+the reason and, for YAML, the line; an unknown key or flag gets the closest known name
+("did you mean ...", :func:`difflib.get_close_matches` over the field names). A flat key that
+moved into a section (``format_reward``, ``osworld_max_steps``...) still loads, with a
+``FutureWarning`` naming its new key.
 
 Processes started by ``agentrl run`` (workers, beat) find the YAML file through the environment
 variable ``AGENTRL_CONFIG``.
@@ -11,14 +18,17 @@ variable ``AGENTRL_CONFIG``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import warnings
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -27,10 +37,23 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from agentrl.config_sections import (
+    DEPRECATED_KEYS,
+    SECTIONS,
+    MathSettings,
+    MCPSettings,
+    OSWorldSettings,
+)
 from agentrl.errors import ConfigError
 
 CONFIG_ENV_VAR = "AGENTRL_CONFIG"
 """Environment variable naming the YAML file that :func:`load_config` reads by default."""
+
+ENV_PREFIX = "AGENTRL_"
+"""Prefix of the environment variables of config fields."""
+
+ENV_NESTED_DELIMITER = "__"
+"""Separator of section and field in environment variables (``AGENTRL_MCP__MAX_TURNS``)."""
 
 AGENTRL_HOME = Path(os.environ.get("AGENTRL_HOME", Path.home() / ".agentrl"))
 """Where embedded state lives by default (MongoDB data, objects, model cache)."""
@@ -53,7 +76,8 @@ class AgentTrainingConfig(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="AGENTRL_", extra="forbid", validate_assignment=True, case_sensitive=False
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="forbid",
+        validate_assignment=True, case_sensitive=False,
     )
 
     # --- run -------------------------------------------------------------------------------------
@@ -150,54 +174,23 @@ class AgentTrainingConfig(BaseSettings):
     max_buffered_records: int = Field(
         1024, ge=1, description="Stop pushing epochs while this many READY records wait untrained."
     )
-    format_reward: float = Field(
-        0.2, ge=0.0, le=1.0, description="Score of a well-formed but wrong answer (math)."
-    )
-    math_demonstration: bool = Field(
-        True, description="Show the math sampler's one worked example before each question."
-    )
 
-    # --- osworld ---------------------------------------------------------------------------------
-    osworld_env_urls: str = Field(
+    # --- sampler sections ------------------------------------------------------------------------
+    math: MathSettings = Field(
+        default_factory=MathSettings, description="Settings of the math sampler (section)."
+    )
+    osworld: OSWorldSettings = Field(
+        default_factory=OSWorldSettings, description="Settings of the osworld sampler (section)."
+    )
+    mcp: MCPSettings = Field(
+        default_factory=MCPSettings, description="Settings of the mcp tool sampler (section)."
+    )
+    mcp_config: str = Field(
         "",
         description=(
-            "Comma-separated URLs of running OSWorld env control servers "
-            "(e.g. http://10.0.0.5:5000), one per env, registered by setup_osworld_envs."
+            "mcp.json naming the MCP servers whose tools samplers may call "
+            '({"mcpServers": {name: {command, args, env} | {url, headers}}}).'
         ),
-    )
-    osworld_provider: Literal["none", "docker", "vmware", "virtualbox", "aws", "azure"] = Field(
-        "none",
-        description="desktop-env provider starting OSWorld VMs on LOCAL_RANK 0 (none: URLs only).",
-    )
-    osworld_num_envs: int = Field(
-        1, ge=0, description="OSWorld VMs the desktop-env provider starts per node."
-    )
-    osworld_os_type: str = Field("Ubuntu", description="OS of the OSWorld VMs (Ubuntu, Windows).")
-    osworld_screen_width: int = Field(1920, ge=1, description="Screen width of an env (pixels).")
-    osworld_screen_height: int = Field(1080, ge=1, description="Screen height of an env (pixels).")
-    osworld_observation: Literal["a11y_tree", "screenshot", "screenshot_a11y_tree"] = Field(
-        "a11y_tree",
-        description="What the model sees per step: accessibility tree (text), screenshot, or both.",
-    )
-    osworld_max_steps: int = Field(15, ge=1, description="Actions per OSWorld episode at most.")
-    osworld_a11y_max_chars: int = Field(
-        6000, ge=100, description="Characters of the accessibility tree kept per observation."
-    )
-    osworld_on_malformed_action: Literal["continue", "end"] = Field(
-        "continue",
-        description="After an unparsable model output: record a failed step and go on, or end.",
-    )
-    osworld_env_lease_ttl_s: float = Field(
-        60.0, gt=0, description="Seconds an env lease lives without a heartbeat."
-    )
-    osworld_env_wait_s: float = Field(
-        600.0, gt=0, description="Seconds a trajectory waits for a free env before failing."
-    )
-    osworld_request_timeout_s: float = Field(
-        120.0, gt=0, description="Seconds one HTTP call to an env control server may take."
-    )
-    osworld_notes_in_prompt: int = Field(
-        3, ge=0, description="Notes of earlier trajectories of the task shown in the prompt."
     )
 
     # --- jobs (Celery, beat, leases) --------------------------------------------------------------
@@ -425,6 +418,12 @@ class AgentTrainingConfig(BaseSettings):
         """The Celery result backend: ``result_backend`` or, when empty, ``redis_url``."""
         return self.result_backend or self.redis_url
 
+    @model_validator(mode="before")
+    @classmethod
+    def _move_deprecated_keys(cls, values: Any) -> Any:
+        """Move flat keys that became section fields into their section (direct construction)."""
+        return migrate_deprecated(values, "argument") if isinstance(values, dict) else values
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -435,22 +434,105 @@ class AgentTrainingConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_source = InitSettingsSource(settings_cls, init_kwargs=_yaml_values.get() or {})
-        return (init_settings, env_settings, yaml_source)
+        return (init_settings, env_settings, DeprecatedEnvSource(settings_cls), yaml_source)
+
+
+class DeprecatedEnvSource(PydanticBaseSettingsSource):
+    """Environment variables of flat keys that moved into a section (``AGENTRL_FORMAT_REWARD``),
+    read into their section with a warning; the new names (``AGENTRL_MATH__FORMAT_REWARD``) win."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        env = {k.upper(): v for k, v in os.environ.items()}
+        old = {k: env[f"{ENV_PREFIX}{k.upper()}"] for k in DEPRECATED_KEYS
+               if f"{ENV_PREFIX}{k.upper()}" in env}
+        return migrate_deprecated(old, "environment variable") if old else {}
+
+
+def env_name(key: str) -> str:
+    """The environment variable of a dotted key: ``mcp.max_turns`` → ``AGENTRL_MCP__MAX_TURNS``."""
+    return ENV_PREFIX + key.upper().replace(".", ENV_NESTED_DELIMITER)
+
+
+def migrate_deprecated(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with each deprecated flat key moved into its section, warning once per key.
+
+    A value already given under the new key in the same ``values`` wins over the old one.
+
+    Args:
+        values: top-level keys and values of one source.
+        where: what the source is, for the warning (``YAML key``, ``flag``...).
+
+    Returns:
+        A new mapping (``values`` is not changed).
+    """
+    out = dict(values)
+    for old in [k for k in out if k in DEPRECATED_KEYS]:
+        section, name = DEPRECATED_KEYS[old]
+        value = out.pop(old)
+        current = out.get(section)
+        merged = dict(current) if isinstance(current, dict) else {}
+        merged.setdefault(name, value)
+        out[section] = merged
+        warnings.warn(
+            f"{where} {old!r} is deprecated: use {section}.{name} "
+            f"(YAML `{section}: {{{name}: ...}}`, env {env_name(f'{section}.{name}')}, "
+            f"flag --{section}.{name.replace('_', '-')})",
+            FutureWarning,
+            stacklevel=2,
+        )
+    return out
+
+
+def known_keys() -> dict[str, str]:
+    """Every settable key, dotted for section fields: ``{"mcp.max_turns": "mcp.max_turns"...}``,
+    plus each section field's bare name mapped to its dotted key (for suggestions)."""
+    keys: dict[str, str] = {}
+    for name in AgentTrainingConfig.model_fields:
+        section = SECTIONS.get(name)
+        if section is None:
+            keys[name] = name
+            continue
+        for field in section.model_fields:
+            keys[f"{name}.{field}"] = f"{name}.{field}"
+            keys.setdefault(field, f"{name}.{field}")
+    return keys
+
+
+def did_you_mean(key: str, candidates: dict[str, str] | None = None) -> str:
+    """`` (did you mean 'x'?)`` for the known key closest to ``key``, or ``""`` when none is close.
+
+    Args:
+        key: the unknown key as given.
+        candidates: name to match → key to suggest (default: :func:`known_keys`).
+    """
+    candidates = known_keys() if candidates is None else candidates
+    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {candidates[match[0]]!r}?)" if match else ""
 
 
 def _yaml_lines(text: str) -> dict[str, int]:
-    """Map each top-level key of a YAML mapping to its 1-based line."""
+    """Map each key of a YAML mapping, and each key of a nested mapping as ``parent.key``, to its
+    1-based line."""
     node = yaml.compose(text)
     if not isinstance(node, yaml.MappingNode):
         return {}
-    return {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    lines: dict[str, int] = {}
+    for key, value in node.value:
+        lines[key.value] = key.start_mark.line + 1
+        if isinstance(value, yaml.MappingNode):
+            for sub, _ in value.value:
+                lines[f"{key.value}.{sub.value}"] = sub.start_mark.line + 1
+    return lines
 
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Read a YAML config file.
 
     Returns:
-        (values, lines): the top-level mapping and each key's 1-based line.
+        (values, lines): the top-level mapping and each key's 1-based line (nested keys dotted).
 
     Raises:
         ConfigError: the file is missing, is not YAML, or is not a mapping.
@@ -471,20 +553,54 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     return values, _yaml_lines(text)
 
 
+def _check_yaml_keys(values: dict[str, Any], lines: dict[str, int], path: str) -> None:
+    """Refuse unknown top-level and section keys, suggesting the closest known one."""
+    fields = AgentTrainingConfig.model_fields
+    for key, value in values.items():
+        if key not in fields and key not in DEPRECATED_KEYS:
+            raise ConfigError(
+                key, value,
+                f"unknown key{did_you_mean(key)}; see `agentrl run --help` for the fields",
+                file=path, line=lines.get(key),
+            )
+        section = SECTIONS.get(key)
+        if section is None or not isinstance(value, dict):
+            continue
+        for sub, sub_value in value.items():
+            if sub not in section.model_fields:
+                names = {f: f"{key}.{f}" for f in section.model_fields}
+                raise ConfigError(
+                    f"{key}.{sub}", sub_value,
+                    f"unknown key of section {key!r}{did_you_mean(sub, names)}",
+                    file=path, line=lines.get(f"{key}.{sub}"),
+                )
+
+
+def _moved_lines(values: dict[str, Any], lines: dict[str, int]) -> dict[str, int]:
+    """Lines of deprecated YAML keys under their new dotted names (for error messages)."""
+    return {
+        f"{section}.{name}": lines[old]
+        for old, (section, name) in DEPRECATED_KEYS.items()
+        if old in values and old in lines
+    }
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> AgentTrainingConfig:
     """Load the configuration: defaults < YAML ``path`` < env ``AGENTRL_*`` < ``overrides``.
 
     Args:
         path: YAML file; ``None`` uses ``$AGENTRL_CONFIG`` when set, else no file.
-        **overrides: field values that win over everything (CLI flags). ``None`` values are
-            ignored, so unset flags do not override.
+        **overrides: field values that win over everything (CLI flags); a section is given as a
+            mapping (``mcp={"max_turns": 8}``) and merged with the other sources' values.
+            ``None`` values are ignored, so unset flags do not override.
 
     Returns:
         The validated configuration.
 
     Raises:
-        ConfigError: an unknown key, a wrong type or an out-of-range value, naming the key, the
-            value, the reason, and the YAML file and line when the value came from the file.
+        ConfigError: an unknown key, a wrong type or an out-of-range value, naming the key
+            (dotted for section fields), the value, the reason, and the YAML file and line when
+            the value came from the file.
     """
     if path is None and os.environ.get(CONFIG_ENV_VAR):
         path = os.environ[CONFIG_ENV_VAR]
@@ -492,27 +608,45 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> AgentTraini
     lines: dict[str, int] = {}
     if path is not None:
         values, lines = read_yaml(path)
-        known = set(AgentTrainingConfig.model_fields)
-        for key in values:
-            if key not in known:
-                raise ConfigError(
-                    key, values[key], "unknown key (see `agentrl run --help` for the fields)",
-                    file=str(path), line=lines.get(key),
-                )
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+        _check_yaml_keys(values, lines, str(path))
+        lines.update(_moved_lines(values, lines))
+        values = migrate_deprecated(values, f"{path}: key")
+    overrides = migrate_deprecated({k: v for k, v in overrides.items() if v is not None}, "flag")
     token = _yaml_values.set(values)
     try:
         return AgentTrainingConfig(**overrides)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else ""
-        env_key = f"AGENTRL_{key.upper()}"
-        if key in overrides:
-            source: dict[str, Any] = {"file": None}
-        elif env_key in os.environ:
-            source = {"file": f"env {env_key}"}
-        else:
-            source = {"file": str(path) if key in values else None, "line": lines.get(key)}
-        raise ConfigError(key, err.get("input"), err["msg"], **source) from exc
+        raise _config_error(exc, path, values, lines, overrides) from exc
     finally:
         _yaml_values.reset(token)
+
+
+def _config_error(
+    exc: ValidationError,
+    path: str | Path | None,
+    values: dict[str, Any],
+    lines: dict[str, int],
+    overrides: dict[str, Any],
+) -> ConfigError:
+    """The :class:`ConfigError` of a validation error, naming where the bad value came from."""
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc[:2])
+    top = loc[0] if loc else ""
+
+    def given(source: dict[str, Any]) -> bool:
+        if len(loc) > 1 and isinstance(source.get(top), dict):
+            return loc[1] in source[top]
+        return top in source
+
+    if given(overrides):
+        source: dict[str, Any] = {"file": None}
+    elif env_name(key) in os.environ or env_name(top) in os.environ:
+        source = {"file": f"env {env_name(key) if env_name(key) in os.environ else env_name(top)}"}
+    else:
+        source = {"file": str(path) if given(values) else None,
+                  "line": lines.get(key, lines.get(top))}
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = f"unknown key{did_you_mean(key)}; see `agentrl run --help` for the fields"
+    return ConfigError(key, err.get("input"), message, **source)

@@ -245,6 +245,33 @@ class InvalidOutputError(RolloutError):
         self.record_id, self.field, self.reason = record_id, field, reason
         where = f" field {field!r}" if field else ""
         super().__init__(f"record {record_id or '?'}{where}: {reason}")
+class JudgeUnavailableError(InfrastructureError):
+    """Raised when the LLM judge of a reward gives no verdict: its service is down or unknown,
+    the call fails, or it answers without a yes/no verdict ``judge_max_attempts`` times.
+
+    Attributes:
+        model: the judge's served model name.
+        record_id: the record being judged.
+        reason: what went wrong (the last error or reply).
+    """
+
+    def __init__(self, model: str, record_id: str, reason: str) -> None:
+        self.model, self.record_id, self.reason = model, record_id, reason
+        super().__init__(f"judge {model!r} gave no verdict for record {record_id}: {reason}")
+
+
+class ToolServerUnavailableError(InfrastructureError):
+    """Raised when an MCP tool server cannot be reached and reconnecting does not help: it does
+    not start or answer, or it dies again on the retried call.
+
+    Attributes:
+        server: the server's name in mcp.json.
+        reason: the transport error.
+    """
+
+    def __init__(self, server: str, reason: str) -> None:
+        self.server, self.reason = server, reason
+        super().__init__(f"MCP server {server!r} is unavailable: {reason}")
 
 
 # --- rollout: osworld environments ---------------------------------------------------------------
@@ -266,7 +293,7 @@ class NoEnvironmentAvailableError(AgentEnvError):
     def __init__(self, kind: str, waited_s: float, registered: int) -> None:
         self.kind, self.waited_s, self.registered = kind, waited_s, registered
         hint = (
-            "none is registered: run setup_osworld_envs (osworld_env_urls / osworld_provider)"
+            "none is registered: run setup_osworld_envs (osworld.env_urls / osworld.provider)"
             if registered == 0
             else "all are leased; add envs or lower max_concurrent_samples_per_process"
         )
@@ -309,7 +336,7 @@ class ProviderUnavailableError(AgentEnvError):
     def __init__(self, provider: str, cause: str) -> None:
         self.provider = provider
         super().__init__(
-            f"osworld_provider={provider!r} needs the desktop-env package "
+            f"osworld.provider={provider!r} needs the desktop-env package "
             f"(`pip install desktop-env`, see docs/osworld.md): {cause}"
         )
 

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
-from agentrl.configs import AgentTrainingConfig
-from agentrl.databases import Databases, InferenceService, RecordStatus
+from agentrl.configs import AgentTrainingConfig, load_config
+from agentrl.databases import (
+    Databases,
+    DispatchedSamplingTask,
+    InferenceService,
+    Record,
+    RecordStatus,
+)
 from agentrl.driver.main_job import run_main_job
 from agentrl.errors import ConfigError
+from agentrl.training.metrics import read_metrics
 from tests.conftest import SHARED_DATA, free_port
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 pytestmark = pytest.mark.slow
 
@@ -70,3 +80,37 @@ def test_missing_train_file_fails_before_starting_anything(config: AgentTraining
     config.train_file = "no/such/train.jsonl"
     with pytest.raises(ConfigError, match="train-file"):
         run_main_job(config, show_progress=False)
+    config.train_file = ""
+    with pytest.raises(ConfigError, match="not set"):
+        run_main_job(config, show_progress=False)
+
+
+def test_gsm8k_tools_example_trains_two_steps(config: AgentTrainingConfig, dbs: Databases) -> None:
+    # the example as written; the fixture's AGENTRL_* variables isolate databases and keys
+    example = load_config(EXAMPLES / "gsm8k_tools.yaml")
+    assert example.db_name == config.db_name and example.sampler == "mcp"
+    example.train_file = str(SHARED_DATA / "gsm8k" / "train.jsonl")
+    example.mcp_config = str(EXAMPLES / "mcp_tools" / "mcp.json")
+    # as short as 2 cores allow: small groups, short replies, 2 steps
+    example.max_train_tasks, example.num_generations, example.train_batch_size = 4, 2, 2
+    example.max_new_tokens, example.mcp.max_turns, example.max_steps = 48, 2, 2
+    example.sampler = "mcp_with_spread"  # trajectory 0 scores 1.0: every group has spread
+    example.sampler_modules = "tests.training.spread_sampler"
+    example.engine, example.engine_base_port, example.beat_interval_s = "cpu", free_port(), 1.0
+
+    result = run_main_job(example, show_progress=False)
+
+    summary = json.loads(result.summary.read_text())
+    assert summary["steps"] == 2 and summary["global_step"] == 2
+    steps = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [s["train/skipped_records"] for s in steps] == [0.0, 0.0]  # tool turns tokenize
+    assert all(s["train/sequences"] >= 2 for s in steps)
+    records = [r for r in dbs.store.find(Record, {}) if r.status != RecordStatus.RUNNING]
+    assert records and all("calculate" in r.meta["messages"][0]["content"] for r in records
+                           if r.meta.get("messages"))
+    trained = [r for r in records if r.trained_count]
+    assert len(trained) >= 4 and all(r.meta["metrics"]["turns"] >= 1 for r in trained)
+    call = next(dbs.store.find(DispatchedSamplingTask, {"record_id": trained[0].id}))
+    assert '"name": "calculate"' in call.request["messages"][0]["content"]  # the server's tools
+    service = next(dbs.store.find(InferenceService, {}))
+    assert service.weight_version == "2"

@@ -26,7 +26,8 @@ from types import FrameType
 
 import yaml
 
-from agentrl.configs import CONFIG_ENV_VAR, AgentTrainingConfig
+from agentrl.config_sections import DEPRECATED_KEYS, SECTIONS
+from agentrl.configs import CONFIG_ENV_VAR, ENV_NESTED_DELIMITER, AgentTrainingConfig, env_name
 from agentrl.databases import Databases, init_databases
 from agentrl.driver.children import ChildProcess, ensure_redis, start_beat, start_worker
 from agentrl.driver.report import plot_rewards, write_summary
@@ -67,17 +68,26 @@ def run_dir_of(config: AgentTrainingConfig) -> Path:
 def child_env(config: AgentTrainingConfig, dbs: Databases, config_file: Path) -> dict[str, str]:
     """The environment of worker and beat: this one plus every config value as ``AGENTRL_*``.
 
-    The resolved MongoDB URI is passed, so children use the server this process started.
+    A section (``mcp``, ``math``...) goes as one JSON variable (``AGENTRL_MCP={...}``); variables
+    of its single fields (``AGENTRL_MCP__MAX_TURNS``) and of deprecated flat names are dropped,
+    since the JSON holds the resolved values. The resolved MongoDB URI is passed, so children use
+    the server this process started.
     """
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not _superseded(k)}
     values = config.model_dump(mode="json")
     values["db_connection_string"] = dbs.mongo_uri
     for key, value in values.items():
-        env[f"AGENTRL_{key.upper()}"] = (
-            json.dumps(value) if isinstance(value, dict | list) else str(value)
-        )
+        env[env_name(key)] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     env[CONFIG_ENV_VAR] = str(config_file)
     return env
+
+
+def _superseded(name: str) -> bool:
+    """Whether an environment variable sets a section field or a deprecated flat key."""
+    upper = name.upper()
+    return any(upper.startswith(env_name(s) + ENV_NESTED_DELIMITER) for s in SECTIONS) or any(
+        upper == env_name(old) for old in DEPRECATED_KEYS
+    )
 
 
 def write_config(config: AgentTrainingConfig, run_dir: Path) -> Path:
@@ -119,13 +129,17 @@ def run_main_job(
         The paths of the run's outputs.
 
     Raises:
-        ConfigError: ``train_file`` does not exist.
+        ConfigError: ``train_file`` is not set or does not exist.
         ChildProcessFailedError: the worker or beat exited during the run.
         ServiceUnavailableError: Redis or MongoDB cannot be reached or started.
         EngineStartError: the inference engine did not start.
     """
     started = time.monotonic()
-    if not config.train_file or not Path(config.train_file).is_file():
+    if not config.train_file:
+        raise ConfigError(
+            "train_file", "", "not set; pass --train-file PATH or set train_file in the YAML file"
+        )
+    if not Path(config.train_file).is_file():
         raise ConfigError(
             "train_file", config.train_file,
             f"no such file (from {Path.cwd()}); pass --train-file PATH or run from the "

@@ -7,8 +7,9 @@
   file and line number and skipped (``skip_bad_lines``) or rejected with
   :class:`~agentrl.errors.DatasetError`.
 - :class:`MathSampler` — one LLM call asking for the final answer in ``\\boxed{}``; scored by
-  :func:`agentrl.rollout.grader.score_completion` (1.0 correct, ``format_reward`` boxed but wrong,
-  0.0 otherwise).
+  :func:`agentrl.rollout.grader.score_completion` (1.0 correct, ``math.format_reward`` boxed but
+  wrong, 0.0 otherwise); reports ``correct`` and ``well_formed`` (a non-empty boxed answer) in
+  ``record.meta["metrics"]`` (:mod:`agentrl.rollout.outcomes`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Record, Task, register_new_model
 from agentrl.errors import DatasetError
 from agentrl.rollout.grader import extract_boxed, gsm8k_final_answer, score_completion
+from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, report_metrics
 from agentrl.rollout.registry import register_sampler
 from agentrl.rollout.sampler import AsyncSampler
 
@@ -40,7 +42,7 @@ DEMONSTRATION = [
     {"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"},
     {"role": "assistant", "content": "Tom has 3 + 4 = 7 apples.\n\\boxed{7}"},
 ]
-"""One worked example shown before the question when ``math_demonstration`` is on. Small models
+"""One worked example shown before the question when ``math.demonstration`` is on. Small models
 need it: measured with SmolLM2-135M at 96 new tokens, 0 of 64 zero-shot answers were well-formed
 ``\\boxed{}`` answers, and 14 of 64 with the demonstration."""
 
@@ -143,7 +145,7 @@ class MathSampler(AsyncSampler):
         task = self.task
         if not isinstance(task, MathTask):
             raise TypeError(f"MathSampler needs a MathTask, got {type(task).__name__}")
-        demonstration = DEMONSTRATION if self.config.math_demonstration else []
+        demonstration = DEMONSTRATION if self.config.math.demonstration else []
         return [
             {"role": "system", "content": SYSTEM_PROMPT},
             *demonstration,
@@ -159,11 +161,15 @@ class MathSampler(AsyncSampler):
             self.record.meta["finish_reason"] = choice.get("finish_reason")
 
     async def evaluate_record(self, record: Record) -> float:
-        """1.0 correct, ``format_reward`` boxed but wrong, 0.0 without a boxed answer."""
+        """1.0 correct, ``math.format_reward`` boxed but wrong, 0.0 without a boxed answer;
+        ``correct`` and ``well_formed`` go to ``record.meta["metrics"]``."""
         task = self.task
         if not isinstance(task, MathTask):
             return 0.0
         completion = str(record.meta.get("completion", ""))
-        return await asyncio.to_thread(
-            score_completion, completion, task.answer, self.config.format_reward
+        score = await asyncio.to_thread(
+            score_completion, completion, task.answer, self.config.math.format_reward
         )
+        boxed = extract_boxed(completion)
+        report_metrics(record, **{CORRECT: score >= 1.0, WELL_FORMED: bool(boxed)})
+        return score

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus, utcnow
+from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, metric_field
 from agentrl.training.advantages import group_advantages
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,13 @@ class RolloutCounts:
 
     Attributes:
         finished: records READY or ABANDONED.
-        correct: of those, scored >= 1 (a correct answer).
-        well_formed: of those, scored > 0 (an answer in the expected format, right or wrong).
+        reported: of those, records whose sampler reports ``correct`` (``meta.metrics``).
+        correct: of those, reported correct (:data:`~agentrl.rollout.outcomes.CORRECT`).
+        well_formed: of those, reported well-formed (an answer in the expected format).
     """
 
     finished: int = 0
+    reported: int = 0
     correct: int = 0
     well_formed: int = 0
 
@@ -222,15 +225,19 @@ class RecordClaimer:
         return calls
 
     def rollout_counts(self) -> RolloutCounts:
-        """Counts of finished records of the split (3 count queries)."""
+        """Counts of finished records of the split, from the metrics their samplers report
+        (4 count queries)."""
         finished = {
             "split": self.split,
             "status": {"$in": [RecordStatus.READY.value, RecordStatus.ABANDONED.value]},
         }
         return RolloutCounts(
             finished=self.records.count_documents(finished),
-            correct=self.records.count_documents({**finished, "score": {"$gte": 1.0}}),
-            well_formed=self.records.count_documents({**finished, "score": {"$gt": 0.0}}),
+            reported=self.records.count_documents(
+                {**finished, metric_field(CORRECT): {"$exists": True}}),
+            correct=self.records.count_documents({**finished, metric_field(CORRECT): True}),
+            well_formed=self.records.count_documents(
+                {**finished, metric_field(WELL_FORMED): True}),
         )
 
     def status_counts(self) -> dict[str, int]:

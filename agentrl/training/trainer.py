@@ -35,6 +35,7 @@ from agentrl.databases import Databases, Record
 from agentrl.errors import AlignmentError, OrphanedRunStateError, TrainingError
 from agentrl.inference.model_files import resolve_model_path
 from agentrl.rollout.ledger import GlobalStep
+from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, outcome_rates
 from agentrl.training import metrics as M
 from agentrl.training.checkpoint import (
     TrainerState,
@@ -319,8 +320,9 @@ class Trainer:
         metrics.update(self._rollout_metrics(groups))
         metrics[M.REWARD_MEAN] = sum(scores) / len(scores)
         metrics[M.REWARD_STD] = float(torch.tensor(scores).std(unbiased=False).item())
-        metrics[M.REWARD_CORRECT_RATE] = sum(x >= 1.0 for x in scores) / len(scores)
-        metrics[M.REWARD_WELL_FORMED_RATE] = sum(x > 0.0 for x in scores) / len(scores)
+        rates = outcome_rates(records)  # from the samplers' record.meta["metrics"]
+        metrics[M.REWARD_CORRECT_RATE] = rates[CORRECT]
+        metrics[M.REWARD_WELL_FORMED_RATE] = rates[WELL_FORMED]
         metrics[M.ADVANTAGE_ABS_MEAN] = sum(abs(r.advantage or 0.0) for r in records) / len(records)
         metrics[M.TRAIN_RECORDS] = float(len(records))
         metrics[M.TRAIN_GROUPS] = float(len(groups))
@@ -336,12 +338,13 @@ class Trainer:
         now = self.claimer.rollout_counts()
         before, self._counts = self._counts, now
         finished = now.finished - before.finished
+        reported = now.reported - before.reported
         return {
             M.ROLLOUT_FINISHED: float(finished),
-            M.ROLLOUT_CORRECT_RATE: (now.correct - before.correct) / finished
-            if finished > 0 else math.nan,
-            M.ROLLOUT_WELL_FORMED_RATE: (now.well_formed - before.well_formed) / finished
-            if finished > 0 else math.nan,
+            M.ROLLOUT_CORRECT_RATE: (now.correct - before.correct) / reported
+            if reported > 0 else math.nan,
+            M.ROLLOUT_WELL_FORMED_RATE: (now.well_formed - before.well_formed) / reported
+            if reported > 0 else math.nan,
             M.ROLLOUT_GROUPS_WITH_SPREAD: float(len(groups)),
         }
 

@@ -10,7 +10,6 @@ import httpx
 import pytest
 import torch
 
-from agentrl.inference.engine.chat import parse_tool_calls
 from agentrl.inference.engine.runner import GenerationRequest, ModelRunner
 from tests.inference.conftest import forward_logprobs
 
@@ -161,15 +160,6 @@ def test_update_weights_from_disk_changes_version_and_logprobs_then_restores(
                      json={"model_path": str(tmp_path / "missing")})
     assert bad.status_code == 400 and bad.json()["success"] is False
     assert httpx.get(f"{engine_url}/model_info").json()["weight_version"] == "6"
-
-
-def test_tool_calls_are_parsed_from_hermes_blocks() -> None:
-    text = 'Sure.<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
-    content, calls = parse_tool_calls(text)
-    assert content == "Sure."
-    assert [c["function"] for c in calls] == [{"name": "add", "arguments": '{"a": 1}'}]
-    assert parse_tool_calls("<tool_call>{not json}</tool_call>") == (
-        "<tool_call>{not json}</tool_call>", [])
 
 
 def test_weights_updated_while_released_are_served_after_resume(

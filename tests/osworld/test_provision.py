@@ -35,7 +35,7 @@ def test_registers_reachable_urls_and_reports_the_others(
 ) -> None:
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     dead = f"http://127.0.0.1:{free_port()}"
-    config.osworld_env_urls = ",".join([s.url for s in standin_envs] + [dead])
+    config.osworld.env_urls = ",".join([s.url for s in standin_envs] + [dead])
     with setup_osworld_envs(config, dbs) as result:
         assert result.provisioned
         assert sorted(e.name for e in result.envs) == sorted(
@@ -58,7 +58,7 @@ def test_local_rank_other_than_zero_provisions_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LOCAL_RANK", "1")
-    config.osworld_env_urls = standin_envs[0].url
+    config.osworld.env_urls = standin_envs[0].url
     result = setup_osworld_envs(config, dbs)
     assert not result.provisioned and result.envs == []
     assert _names(dbs) == []
@@ -82,7 +82,7 @@ def test_two_local_ranks_register_the_envs_once(
     urls = ",".join(s.url for s in standin_envs)
     procs = []
     for rank in ("0", "1"):
-        env = {**os.environ, "LOCAL_RANK": rank, "AGENTRL_OSWORLD_ENV_URLS": urls}
+        env = {**os.environ, "LOCAL_RANK": rank, "AGENTRL_OSWORLD__ENV_URLS": urls}
         procs.append(subprocess.Popen(
             [sys.executable, "-c", PROVISION_SCRIPT], env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -104,7 +104,7 @@ def test_provider_without_desktop_env_says_how_to_install(
     config: AgentTrainingConfig, dbs: Databases, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    config.osworld_provider = "docker"
+    config.osworld.provider = "docker"
     with pytest.raises(ProviderUnavailableError, match="pip install desktop-env"):
         setup_osworld_envs(config, dbs)
 
@@ -156,7 +156,7 @@ def test_cli_provision_and_envs(
     config: AgentTrainingConfig, dbs: Databases, standin_envs: list[StandInServer],
 ) -> None:
     url = standin_envs[1].url
-    env = {**os.environ, "AGENTRL_OSWORLD_ENV_URLS": url}
+    env = {**os.environ, "AGENTRL_OSWORLD__ENV_URLS": url}
     env.pop("LOCAL_RANK", None)
     proc = subprocess.Popen(
         [sys.executable, "-c", "from agentrl.cli import main; main()", "osworld", "provision"],

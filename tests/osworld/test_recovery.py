@@ -24,11 +24,11 @@ def test_worker_killed_mid_episode(
     env_server = standin_envs[0]
     (example,) = write_tasks(tmp_path / "tasks.jsonl", 1)
     register_service(dbs.store, fake_model.url, config.model_name)
-    config.osworld_env_urls = env_server.url  # one env: the second attempt must wait for it
+    config.osworld.env_urls = env_server.url  # one env: the second attempt must wait for it
     settings = {
         "AGENTRL_SAMPLER": "osworld", "AGENTRL_SAMPLER_MODULES": "agentrl.rollout.osworld",
         "AGENTRL_TRAIN_FILE": str(tmp_path / "tasks.jsonl"), "AGENTRL_NUM_GENERATIONS": "1",
-        "AGENTRL_OSWORLD_MAX_STEPS": "3", "AGENTRL_OSWORLD_ENV_LEASE_TTL_S": "3",
+        "AGENTRL_OSWORLD__MAX_STEPS": "3", "AGENTRL_OSWORLD__ENV_LEASE_TTL_S": "3",
         "AGENTRL_LEASE_TTL_S": "4", "AGENTRL_HEARTBEAT_INTERVAL_S": "1",
         "AGENTRL_HOUSEKEEPING_INTERVAL_S": "1", "AGENTRL_BEAT_INTERVAL_S": "1",
     }

@@ -52,8 +52,8 @@ def test_screenshots_are_references_and_become_training_images(
 ) -> None:
     write_tasks(tmp_path / "tasks.jsonl", 1)
     config.train_file = str(tmp_path / "tasks.jsonl")
-    config.osworld_env_urls = standin_envs[0].url
-    config.osworld_observation = "screenshot_a11y_tree"
+    config.osworld.env_urls = standin_envs[0].url
+    config.osworld.observation = "screenshot_a11y_tree"
     config.num_generations = 1
     register_service(dbs.store, fake_model.url, config.model_name)
     with setup_osworld_envs(config, dbs):
@@ -90,11 +90,11 @@ def test_guide_example_with_the_cpu_engine(
 ) -> None:
     examples = write_tasks(tmp_path / "tasks.jsonl", 4)
     config.train_file = str(tmp_path / "tasks.jsonl")
-    config.osworld_env_urls = ",".join(s.url for s in standin_envs)
+    config.osworld.env_urls = ",".join(s.url for s in standin_envs)
     config.num_generations = 2
-    config.osworld_max_steps = 1  # the CPU engine shares 2 cores with everything else
+    config.osworld.max_steps = 1  # the CPU engine shares 2 cores with everything else
     config.max_new_tokens = 8
-    config.osworld_a11y_max_chars = 400
+    config.osworld.a11y_max_chars = 400
     register_service(dbs.store, engine_url, config.model_name, kind="cpu")
     with setup_osworld_envs(config, dbs) as envs:
         cfg = config
@@ -133,9 +133,9 @@ def test_malformed_output_is_a_failed_step_and_ends_per_config(
     try:
         write_tasks(tmp_path / "tasks.jsonl", 1)
         config.train_file = str(tmp_path / "tasks.jsonl")
-        config.osworld_env_urls = standin_envs[0].url
+        config.osworld.env_urls = standin_envs[0].url
         config.num_generations = 1
-        config.osworld_on_malformed_action = "end"
+        config.osworld.on_malformed_action = "end"
         register_service(dbs.store, model.url, config.model_name)
         with setup_osworld_envs(config, dbs):
             SamplingScheduler(config=config, sampler_class=OSWorldStatefulSampler,

@@ -38,7 +38,7 @@ def test_math_sampler_with_cpu_engine(config: AgentTrainingConfig, dbs: Database
     assert {t.status for t in tasks} == {TaskStatus.COMPLETED}
     records = list(dbs.store.find(Record, {}))
     assert len(records) == 8 * 2
-    assert {r.score for r in records} <= {0.0, config.format_reward, 1.0}
+    assert {r.score for r in records} <= {0.0, config.math.format_reward, 1.0}
     assert {r.status for r in records} <= {RecordStatus.READY, RecordStatus.ABANDONED}
     assert all(isinstance(r.meta["completion"], str) for r in records)
     calls = list(dbs.store.find(DispatchedSamplingTask, {}))
@@ -58,5 +58,5 @@ def test_prompt_shows_the_worked_example_unless_turned_off(config: AgentTraining
     assert [m["role"] for m in with_demo] == ["system", "user", "assistant", "user"]
     assert "\\boxed{7}" in with_demo[2]["content"]
     assert with_demo[-1] == {"role": "user", "content": "What is 6 * 7?"}
-    config.math_demonstration = False
+    config.math.demonstration = False
     assert [m["role"] for m in sampler.messages()] == ["system", "user"]

@@ -11,6 +11,7 @@ from agentrl.databases import (
     Record,
     RecordStatus,
 )
+from agentrl.rollout.outcomes import CORRECT, METRICS_KEY, WELL_FORMED
 
 SYSTEM = {"role": "system", "content": "Answer with the number after ####."}
 
@@ -63,7 +64,8 @@ def store_group(
     step: int = 0,
     status: RecordStatus = RecordStatus.READY,
 ) -> list[Record]:
-    """Insert one READY group: a single-turn trajectory per score."""
+    """Insert one READY group: a single-turn trajectory per score, with the metrics the math
+    sampler reports (correct: score 1, well-formed: score above 0)."""
     records = []
     for traj_id, score in enumerate(scores):
         record = Record(
@@ -74,6 +76,7 @@ def store_group(
             status=status,
             score=score,
             created_at_step=step,
+            meta={METRICS_KEY: {CORRECT: score >= 1, WELL_FORMED: score > 0}},
         )
         dbs.store.insert(record)
         answer = "#### 5" if score >= 1 else f"I think it is {traj_id + 7}."

@@ -18,8 +18,6 @@ sglang 0.5.23's ``srt/entrypoints/openai/protocol.py`` and ``serving_chat.py``),
 
 from __future__ import annotations
 
-import json
-import re
 import time
 import uuid
 from typing import Any
@@ -27,45 +25,10 @@ from typing import Any
 import torch
 
 from agentrl.inference.engine.runner import GenerationRequest, ModelRunner
-
-TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
-"""Hermes-style tool calls: ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``."""
+from agentrl.inference.tool_calls import parse_tool_calls
 
 DEFAULT_MODEL_NAME = "default"
 """SGLang's ``model`` of a request that names none."""
-
-
-def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
-    """Split Hermes-style ``<tool_call>`` blocks off ``text``.
-
-    Returns:
-        ``(content, tool_calls)``: the text without the blocks, and tool calls in SGLang's
-        ``ToolCall`` shape (``id``, ``index``, ``type``, ``function`` with arguments as a JSON
-        string). Blocks that are not valid JSON stay in the content.
-    """
-    calls: list[dict[str, Any]] = []
-
-    def take(match: re.Match[str]) -> str:
-        try:
-            data = json.loads(match.group(1))
-        except json.JSONDecodeError:
-            return match.group(0)
-        if not isinstance(data, dict) or "name" not in data:
-            return match.group(0)
-        args = data.get("arguments", {})
-        calls.append({
-            "id": f"call_{uuid.uuid4().hex[:24]}",
-            "index": len(calls),
-            "type": "function",
-            "function": {
-                "name": str(data["name"]),
-                "arguments": args if isinstance(args, str) else json.dumps(args),
-            },
-        })
-        return ""
-
-    content = TOOL_CALL_RE.sub(take, text)
-    return (content.strip() if calls else content), calls
 
 
 def rows_from_params(prompt_ids: list[int], params: dict[str, Any], n: int
@@ -121,7 +84,11 @@ def _logprob_content(runner: ModelRunner, row: GenerationRequest) -> list[dict[s
 def _choice(runner: ModelRunner, body: dict[str, Any], index: int, row: GenerationRequest
             ) -> dict[str, Any]:
     """One ``ChatCompletionResponseChoice`` (see the module docstring)."""
-    content, tool_calls = parse_tool_calls(row.text) if body.get("tools") else (row.text, [])
+    content, tool_calls = row.text, []
+    if body.get("tools"):  # Hermes blocks become SGLang ToolCalls; malformed ones stay text
+        parsed = parse_tool_calls(row.text)
+        content = parsed.content
+        tool_calls = [{**c.to_openai(), "index": i} for i, c in enumerate(parsed.calls)]
     finish = row.finish_reason
     message: dict[str, Any] = {"role": "assistant", "content": content,
                                "reasoning_content": None}

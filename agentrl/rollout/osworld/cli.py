@@ -61,7 +61,7 @@ def provision(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
 ) -> None:
-    """Register this node's envs (osworld_env_urls / osworld_provider) and keep them registered
+    """Register this node's envs (osworld.env_urls / osworld.provider) and keep them registered
     until interrupted (Ctrl-C or SIGTERM), then unregister them."""
     cfg = load_config(config, **parse_config_flags(ctx.args))
     stop = threading.Event()

@@ -4,9 +4,9 @@ Under ``torchrun`` every rank of a node runs the same script; only the process w
 ``LOCAL_RANK`` 0 (or no ``LOCAL_RANK``) provisions, so a node never starts its VMs twice. Two
 sources, both may be used at once:
 
-- ``osworld_env_urls``: control servers already running (one URL per env). Each is probed
+- ``osworld.env_urls``: control servers already running (one URL per env). Each is probed
   (``/platform``, ``/screen_size``); an unreachable one is reported by URL and left out.
-- ``osworld_provider`` (docker, vmware, virtualbox, aws, azure): ``osworld_num_envs`` VMs started
+- ``osworld.provider`` (docker, vmware, virtualbox, aws, azure): ``osworld.num_envs`` VMs started
   through the ``desktop-env`` package's ``DesktopEnv``, imported only then (it is an optional
   dependency, not installable everywhere). Their ``/reset`` and ``/evaluate`` are served by a
   :class:`~agentrl.rollout.osworld.bridge.BridgeServer` of this process.
@@ -138,7 +138,7 @@ def _register_urls(
     node = socket.gethostname()
     for url in urls:
         try:
-            timeout_s = min(config.osworld_request_timeout_s, 10.0)
+            timeout_s = min(config.osworld.request_timeout_s, 10.0)
             platform, width, height = probe_env(url, timeout_s=timeout_s)
         except EnvRequestError as exc:
             result.unreachable[url] = exc.reason
@@ -147,16 +147,16 @@ def _register_urls(
         parsed = urlparse(url)
         env = OSWorldEnv(
             name=env_name_for(url), url=url.rstrip("/"), host=parsed.hostname or "",
-            port=parsed.port or 80, os_type=config.osworld_os_type if platform != "Windows"
-            else "Windows", screen_width=width or config.osworld_screen_width,
-            screen_height=height or config.osworld_screen_height, provider="url",
+            port=parsed.port or 80, os_type=config.osworld.os_type if platform != "Windows"
+            else "Windows", screen_width=width or config.osworld.screen_width,
+            screen_height=height or config.osworld.screen_height, provider="url",
             status=EnvStatus.UP, node=node,
         )
         result.envs.append(register_env(store, env))
 
 
 def start_desktop_envs(config: AgentTrainingConfig) -> list[DesktopEnvLike]:
-    """Start ``osworld_num_envs`` VMs with desktop-env's ``DesktopEnv`` (imported here, lazily).
+    """Start ``osworld.num_envs`` VMs with desktop-env's ``DesktopEnv`` (imported here, lazily).
 
     Raises:
         ProviderUnavailableError: the ``desktop-env`` package is not installed.
@@ -164,14 +164,14 @@ def start_desktop_envs(config: AgentTrainingConfig) -> list[DesktopEnvLike]:
     try:
         module = importlib.import_module(DESKTOP_ENV_MODULE)
     except ImportError as exc:
-        raise ProviderUnavailableError(config.osworld_provider, str(exc)) from exc
-    size = (config.osworld_screen_width, config.osworld_screen_height)
+        raise ProviderUnavailableError(config.osworld.provider, str(exc)) from exc
+    size = (config.osworld.screen_width, config.osworld.screen_height)
     return [
         module.DesktopEnv(
-            provider_name=config.osworld_provider, action_space="pyautogui", screen_size=size,
-            headless=True, require_a11y_tree=True, os_type=config.osworld_os_type,
+            provider_name=config.osworld.provider, action_space="pyautogui", screen_size=size,
+            headless=True, require_a11y_tree=True, os_type=config.osworld.os_type,
         )
-        for _ in range(config.osworld_num_envs)
+        for _ in range(config.osworld.num_envs)
     ]
 
 
@@ -193,8 +193,8 @@ def _register_desktop_envs(
     for name, (_, url) in by_name.items():
         env = OSWorldEnv(
             name=name, url=url, host=urlparse(url).hostname or "", port=urlparse(url).port or 80,
-            os_type=config.osworld_os_type, screen_width=config.osworld_screen_width,
-            screen_height=config.osworld_screen_height, provider=config.osworld_provider,
+            os_type=config.osworld.os_type, screen_width=config.osworld.screen_width,
+            screen_height=config.osworld.screen_height, provider=config.osworld.provider,
             bridge_url=bridge.env_url(name), status=EnvStatus.UP, node=node,
         )
         result.envs.append(register_env(store, env))
@@ -208,10 +208,10 @@ def setup_osworld_envs(
     """Provision and register this node's OSWorld envs, on LOCAL_RANK 0 only.
 
     Args:
-        config: ``osworld_env_urls``, ``osworld_provider``, ``osworld_num_envs``, screen size.
+        config: ``osworld.env_urls``, ``osworld.provider``, ``osworld.num_envs``, screen size.
         dbs: connections to use; opened from ``config`` (and closed by ``close``) when None.
         desktop_envs: already-started ``DesktopEnv`` objects to register instead of starting
-            ``osworld_provider`` VMs (tests pass stand-ins).
+            ``osworld.provider`` VMs (tests pass stand-ins).
 
     Returns:
         The registered envs and the unreachable URLs; ``provisioned`` is False (and nothing is
@@ -231,9 +231,9 @@ def setup_osworld_envs(
     result._owned_dbs = databases if dbs is None else None
     store = databases.store
     ensure_env_indexes(store)
-    urls = [u.strip() for u in config.osworld_env_urls.split(",") if u.strip()]
+    urls = [u.strip() for u in config.osworld.env_urls.split(",") if u.strip()]
     _register_urls(store, config, urls, result)
-    if desktop_envs is None and config.osworld_provider != "none" and config.osworld_num_envs:
+    if desktop_envs is None and config.osworld.provider != "none" and config.osworld.num_envs:
         desktop_envs = start_desktop_envs(config)
     if desktop_envs:
         result._desktop_envs = list(desktop_envs)

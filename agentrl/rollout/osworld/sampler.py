@@ -5,15 +5,16 @@ One trajectory (:meth:`OSWorldStatefulSampler.run`):
 1. lease a free :class:`~agentrl.rollout.osworld.envs.OSWorldEnv` (:class:`EnvLease`: atomic,
    heartbeat-renewed, released in ``finally``);
 2. reset the env and run the task's ``config`` setup steps;
-3. loop until the model says DONE or FAIL, or ``osworld_max_steps``: observe (accessibility tree
+3. loop until the model says DONE or FAIL, or ``osworld.max_steps``: observe (accessibility tree
    as a text table, :func:`~agentrl.rollout.osworld.observation.linearize_a11y_tree`, and/or the
    screenshot; every screenshot goes to the object store and messages hold the
    reference ``{"$objref": ..., "mime": "image/png"}`` in an ``image_url`` part), ask the model
    (``create_chat_completions``, one DispatchedSamplingTask per step), parse the pyautogui action
    (:func:`~agentrl.rollout.osworld.actions.parse_action`), execute it. A malformed output is a
-   failed step with the raw text; the episode goes on or ends per ``osworld_on_malformed_action``;
+   failed step with the raw text; the episode goes on or ends per ``osworld.on_malformed_action``;
 4. score the final state with the env's evaluator (the task's ``evaluator``) while the env is
-   still leased; :meth:`evaluate_record` returns that score.
+   still leased; :meth:`evaluate_record` returns that score. ``record.meta["metrics"]`` gets
+   ``correct`` (score 1.0), ``well_formed`` (the model ended with DONE or FAIL) and ``steps``.
 
 Each step's observation references, action and outcome are written into its
 DispatchedSamplingTask's ``meta["osworld"]`` and into ``record.meta["steps"]``; the call's logged
@@ -21,7 +22,7 @@ DispatchedSamplingTask's ``meta["osworld"]`` and into ``record.meta["steps"]``; 
 
 Stateful: trajectories of one task run one after another (:class:`StatefulSampler`) and each
 appends a note (actions tried, outcome, score) to ``task.state["notes"]``; the next trajectory's
-prompt shows the last ``osworld_notes_in_prompt`` notes.
+prompt shows the last ``osworld.notes_in_prompt`` notes.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from agentrl.rollout.osworld.client import OSWorldEnvClient
 from agentrl.rollout.osworld.dataset import OSworldDataset, OSworldTask
 from agentrl.rollout.osworld.envs import EnvLease, OSWorldEnv
 from agentrl.rollout.osworld.observation import linearize_a11y_tree
+from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, report_metrics
 from agentrl.rollout.registry import register_sampler
 from agentrl.rollout.sampler import StatefulSampler
 
@@ -97,9 +99,9 @@ def render_notes(notes: list[dict[str, Any]]) -> str:
 class OSWorldStatefulSampler(StatefulSampler):
     """The AgentRL guide's OSWorld sampler: a pyautogui agent on a leased OSWorld env.
 
-    Config: ``osworld_observation``, ``osworld_max_steps``, ``osworld_a11y_max_chars``,
-    ``osworld_on_malformed_action``, ``osworld_env_lease_ttl_s``, ``osworld_env_wait_s``,
-    ``osworld_request_timeout_s``, ``osworld_notes_in_prompt``, ``max_new_tokens``,
+    Config: ``osworld.observation``, ``osworld.max_steps``, ``osworld.a11y_max_chars``,
+    ``osworld.on_malformed_action``, ``osworld.env_lease_ttl_s``, ``osworld.env_wait_s``,
+    ``osworld.request_timeout_s``, ``osworld.notes_in_prompt``, ``max_new_tokens``,
     ``temperature``.
     """
 
@@ -118,14 +120,14 @@ class OSWorldStatefulSampler(StatefulSampler):
         objects = object_store_for(cfg.oss_connection_string, str(cfg.object_store_dir))
         lease = EnvLease(
             self.context.store, OSWorldEnv, record.id,
-            ttl_s=cfg.osworld_env_lease_ttl_s, wait_s=cfg.osworld_env_wait_s,
+            ttl_s=cfg.osworld.env_lease_ttl_s, wait_s=cfg.osworld.env_wait_s,
         )
         async with lease as env:
             if not isinstance(env, OSWorldEnv):
                 raise TypeError(f"leased env {env.name!r} is not an OSWorldEnv")
             record.meta.update(env=env.name, env_url=env.url, lease_owner=lease.owner)
             async with OSWorldEnvClient(
-                env.url, cfg.osworld_request_timeout_s, env.bridge_url
+                env.url, cfg.osworld.request_timeout_s, env.bridge_url
             ) as client:
                 if not await client.reset(task.task_config):
                     await client.run_setup(task.task_config.get("config", []))
@@ -133,6 +135,9 @@ class OSWorldStatefulSampler(StatefulSampler):
                 lease.check()
                 score = await client.evaluate(task.task_config, last_action)
         record.meta.update(steps=steps, osworld_score=score, ended=ended, last_action=last_action)
+        report_metrics(record, **{
+            CORRECT: score >= 1.0, WELL_FORMED: ended in ("DONE", "FAIL"), "steps": len(steps),
+        })
         self._leave_note(steps, ended, score)
 
     async def evaluate_record(self, record: Record) -> float:
@@ -162,8 +167,8 @@ class OSWorldStatefulSampler(StatefulSampler):
             ``max_steps``, ``malformed``).
         """
         cfg, task = self.config, self._task()
-        notes = list(task.state.get("notes", []))[-cfg.osworld_notes_in_prompt:] if (
-            cfg.osworld_notes_in_prompt
+        notes = list(task.state.get("notes", []))[-cfg.osworld.notes_in_prompt:] if (
+            cfg.osworld.notes_in_prompt
         ) else []
         system = SYSTEM_PROMPT.format(
             os_type=env.os_type, width=env.screen_width, height=env.screen_height
@@ -171,7 +176,7 @@ class OSWorldStatefulSampler(StatefulSampler):
         steps: list[dict[str, Any]] = []
         history: list[str] = []
         last_action, ended = "", "max_steps"
-        for index in range(cfg.osworld_max_steps):
+        for index in range(cfg.osworld.max_steps):
             lease.check()
             observation, parts = await self._observe(client, objects, index)
             prompt = self._prompt(task.instruction, notes, history, parts)
@@ -197,7 +202,7 @@ class OSWorldStatefulSampler(StatefulSampler):
             if action.ends_episode:
                 last_action = ended = str(action.special)
                 break
-            if action.malformed and cfg.osworld_on_malformed_action == "end":
+            if action.malformed and cfg.osworld.on_malformed_action == "end":
                 ended = "malformed"
                 break
         return steps, last_action, ended
@@ -212,7 +217,7 @@ class OSWorldStatefulSampler(StatefulSampler):
             and the content parts for the prompt (text and/or an ``image_url`` reference).
         """
         cfg, record = self.config, self._record()
-        mode = cfg.osworld_observation
+        mode = cfg.osworld.observation
         png = await client.screenshot()
         data_url = f"data:image/png;base64,{base64.b64encode(png).decode()}"
         # Content-addressed under the router's prefix for this record: the router, which
@@ -228,7 +233,7 @@ class OSWorldStatefulSampler(StatefulSampler):
         if mode != "screenshot":
             tree = await client.accessibility_tree()
             observation["a11y_tree_chars"] = len(tree)
-            table = linearize_a11y_tree(tree, cfg.osworld_a11y_max_chars)
+            table = linearize_a11y_tree(tree, cfg.osworld.a11y_max_chars)
             parts.append({"type": "text", "text": f"Accessibility tree:\n{table}"})
         return observation, parts
 
