@@ -162,7 +162,7 @@ def create_app(state: EngineState) -> FastAPI:
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{
             "id": state.served_model_name, "object": "model", "owned_by": "agentrl",
-            "root": runner.model_path, "max_model_len": runner.tokenizer.model_max_length,
+            "root": runner.model_path, "max_model_len": runner.context_length,
         }]}
 
     @app.get("/get_model_info")

@@ -118,12 +118,23 @@ def sample_next(
     return tokens, logprobs_all.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def context_length(model_config: Any, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The longest sequence the model takes, in tokens: ``max_position_embeddings`` of its
+    config (the tokenizer's ``model_max_length`` is a huge placeholder for many models), else
+    the tokenizer's value."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    return int(positions) if positions else int(tokenizer.model_max_length)
+
+
 class ModelRunner:
     """A causal LM and its tokenizer, decoding batches on the CPU (float32).
 
     Args:
         model_path: a local HF model directory (config, safetensors, tokenizer).
         seed: seed of the shared sampling generator (``torch.manual_seed``).
+
+    Attributes:
+        context_length: the model's context length in tokens (:func:`context_length`).
 
     Raises:
         OSError: the directory has no loadable model.
@@ -138,6 +149,7 @@ class ModelRunner:
         self.lock = threading.RLock()
         self._load(self.model_path)
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.context_length = context_length(self.model.config, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else min(self.eos_ids or {0})
 
