@@ -346,11 +346,11 @@ class AgentTrainingConfig(BaseSettings):
         2, ge=1,
         description="Resumable checkpoints kept on disk (plus the newest step's weights).",
     )
-    checkpoint_optimizer_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto",
+    checkpoint_optimizer_dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16",
         description=(
-            "dtype of the AdamW moments in checkpoints; auto: the base model's declared dtype "
-            "when it is bfloat16 (fp32's range, half the bytes), else float32."
+            "dtype of the AdamW moments in checkpoints: bfloat16 (float32's range, half the "
+            "bytes) or float32 (bit-exact resumes)."
         ),
     )
     train_poll_interval_s: float = Field(

@@ -2,14 +2,17 @@
 
 The driver reads like the algorithm::
 
+    check_datasets(config)                       # a broken dataset fails here (exit 2)
     redis     = ensure_redis()                   # a local redis-server if none answers
     dbs       = init_databases(config)           # starts the embedded MongoDB-wire server
     engine    = InferenceManager(config, dbs)    # CPU engine (or SGLang), registered UP
     children  = worker, beat                     # celery -A agentrl worker / beat
+    watcher   = ChildLogWatcher(children)        # their WARNING/ERROR entries on the console
     Trainer(publish=ManagerWeightPublisher(engine)).train()   # until sampling has finished
     summary.json, reward.png                     # runs/<name>/
 
-Every child is stopped on exit, on an error and on Ctrl-C / SIGTERM.
+Every child is stopped on exit, on an error and on Ctrl-C / SIGTERM. The first Ctrl-C / SIGTERM
+during training lets the step in progress finish and checkpoints it; a rerun resumes there.
 """
 
 from __future__ import annotations
@@ -18,18 +21,25 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 import yaml
 
 from agentrl.configs import CONFIG_ENV_VAR, AgentTrainingConfig
 from agentrl.databases import Databases, init_databases
-from agentrl.driver.children import ChildProcess, ensure_redis, start_beat, start_worker
-from agentrl.driver.report import plot_rewards, write_summary
+from agentrl.driver.children import (
+    ChildLogWatcher,
+    ChildProcess,
+    ensure_redis,
+    start_beat,
+    start_worker,
+)
+from agentrl.driver.interrupts import StopOnSignal
+from agentrl.driver.preflight import check_datasets
+from agentrl.driver.report import Invocation, plot_rewards, write_summary
 from agentrl.errors import ConfigError
 from agentrl.inference.manager import InferenceManager
 from agentrl.rollout.epochs import split_done
@@ -50,12 +60,17 @@ class RunResult:
         summary: ``summary.json``.
         plot: ``reward.png``.
         steps: optimizer steps in the metrics file.
+        interrupted_at: the global step a SIGINT/SIGTERM stopped the run at (``None``: it
+            finished).
+        checkpoint: the resumable checkpoint written for ``interrupted_at``.
     """
 
     run_dir: Path
     summary: Path
     plot: Path
     steps: int
+    interrupted_at: int | None = None
+    checkpoint: Path | None = None
 
 
 def run_dir_of(config: AgentTrainingConfig) -> Path:
@@ -87,7 +102,8 @@ def write_config(config: AgentTrainingConfig, run_dir: Path) -> Path:
 
 
 def clear_run(config: AgentTrainingConfig, dbs: Databases) -> None:
-    """Forget a previous run of the same name: its database, Redis keys, checkpoints, metrics."""
+    """Forget a previous run of the same name: its database, Redis keys, checkpoints, metrics
+    and summary."""
     dbs.store.client.drop_database(config.db_name)
     dbs.store.create_indexes()
     keys = list(dbs.redis.scan_iter(match=f"{config.key_prefix}:*", count=1000))
@@ -95,10 +111,21 @@ def clear_run(config: AgentTrainingConfig, dbs: Databases) -> None:
         dbs.redis.delete(*keys)
     shutil.rmtree(checkpoint_root(config), ignore_errors=True)
     (run_dir_of(config) / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir_of(config) / "summary.json").unlink(missing_ok=True)
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def check_train_file(config: AgentTrainingConfig) -> None:
+    """Raise unless ``train_file`` names an existing file.
+
+    Raises:
+        ConfigError: it is empty or does not exist.
+    """
+    if not config.train_file or not Path(config.train_file).is_file():
+        raise ConfigError(
+            "train_file", config.train_file,
+            f"no such file (from {Path.cwd()}); pass --train-file PATH or run from the "
+            "repository root",
+        )
 
 
 def run_main_job(
@@ -110,6 +137,11 @@ def run_main_job(
 ) -> RunResult:
     """Run sampling and training on this machine until sampling has finished (or max_steps).
 
+    SIGINT / SIGTERM while training stop the run after the step in progress, and the last
+    completed step is checkpointed (:class:`~agentrl.driver.interrupts.StopOnSignal`); the
+    result then has ``interrupted_at`` set. A second signal, or one before the trainer exists,
+    raises :class:`KeyboardInterrupt` (after the summary is written, when the databases are up).
+
     Args:
         config: the run configuration.
         external_workers: use already running Celery workers and beat instead of starting them.
@@ -120,37 +152,38 @@ def run_main_job(
         The paths of the run's outputs.
 
     Raises:
-        ConfigError: ``train_file`` does not exist.
+        ConfigError: ``train_file`` does not exist, or a ``sampler_modules`` module cannot be
+            imported.
+        DatasetError: the training (or eval) dataset cannot be loaded (file, line, reason).
         ChildProcessFailedError: the worker or beat exited during the run.
         ServiceUnavailableError: Redis or MongoDB cannot be reached or started.
         EngineStartError: the inference engine did not start.
     """
-    started = time.monotonic()
-    if not config.train_file or not Path(config.train_file).is_file():
-        raise ConfigError(
-            "train_file", config.train_file,
-            f"no such file (from {Path.cwd()}); pass --train-file PATH or run from the "
-            "repository root",
-        )
+    started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
+    check_train_file(config)
+    check_datasets(config)
     run_dir = run_dir_of(config)
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     children: list[ChildProcess] = []
+    watcher: ChildLogWatcher | None = None
     redis_child = ensure_redis(config, log_dir)
     dbs: Databases | None = None
+    start_step, outcome = 0, "interrupted"
     try:
         dbs = init_databases(config)
         if fresh:
             clear_run(config, dbs)
         config_file = write_config(config, run_dir)
-        with InferenceManager(config, dbs) as manager:
+        log.info("starting the inference engine (%s)", config.engine)
+        with InferenceManager(config, dbs) as manager, StopOnSignal() as stop:
             if not external_workers:
                 env = child_env(config, dbs, config_file)
                 children += [start_worker(config.name, log_dir, env), start_beat(log_dir, env)]
                 (log_dir / "pids").write_text(
                     "".join(f"{c.process.pid} {c.role}\n" for c in children)
                 )
+                watcher = ChildLogWatcher(children).start()
 
             def sampling_finished() -> bool:
                 for child in children:
@@ -161,16 +194,32 @@ def run_main_job(
                 config, dbs, ManagerWeightPublisher([manager], dbs),
                 sampling_finished=sampling_finished, show_progress=show_progress,
             )
+            start_step = trainer.resumed_step or 0
+            stop.attach(trainer.request_stop)
             trainer.train()
-            steps = read_metrics(trainer.metrics_path)
-        summary = write_summary(run_dir, steps, dbs, time.monotonic() - started)
+            checkpoint = trainer.save_checkpoint_now() if stop.requested else None
+            outcome = "interrupted" if stop.requested else "finished"
+        steps = read_metrics(run_dir / "metrics.jsonl")
+        summary = write_summary(run_dir, steps, dbs, Invocation(
+            started_at, time.monotonic() - started, start_step, dbs.global_step.get(), outcome))
         plot = plot_rewards(run_dir, steps)
-        return RunResult(run_dir=run_dir, summary=summary, plot=plot, steps=len(steps))
+        return RunResult(
+            run_dir=run_dir, summary=summary, plot=plot, steps=len(steps),
+            interrupted_at=dbs.global_step.get() if stop.requested else None,
+            checkpoint=checkpoint,
+        )
+    except KeyboardInterrupt:
+        if dbs is not None:
+            write_summary(run_dir, read_metrics(run_dir / "metrics.jsonl"), dbs, Invocation(
+                started_at, time.monotonic() - started, start_step, dbs.global_step.get(),
+                "interrupted"))
+        raise
     finally:
         for child in reversed(children):
             child.stop()
+        if watcher is not None:
+            watcher.stop()
         if dbs is not None:
             dbs.close()
         if redis_child is not None:
             redis_child.stop()
-        signal.signal(signal.SIGTERM, previous_sigterm)

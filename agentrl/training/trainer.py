@@ -35,17 +35,28 @@ from agentrl.errors import AlignmentError, OrphanedRunStateError, TrainingError
 from agentrl.inference.model_files import resolve_model_path
 from agentrl.training import metrics as M
 from agentrl.training.checkpoint import (
+    COMPLETE_MARKER,
     TrainerState,
     checkpoint_root,
+    complete_step,
+    describe_checkpoint,
     latest_checkpoint,
     load_state,
+    optimizer_storage_dtype,
     restore_rng,
     rng_state,
     save_step,
     step_dir,
 )
 from agentrl.training.datasets import get_record_converter
-from agentrl.training.loss import LossParams, get_loss, loss_normalizer, token_logprobs
+from agentrl.training.loss import (
+    LossOutput,
+    LossParams,
+    get_loss,
+    kl_penalty,
+    loss_normalizer,
+    token_logprobs,
+)
 from agentrl.training.metrics import MetricsLogger, reduce_metrics
 from agentrl.training.records import ClaimedGroup, RecordClaimer
 from agentrl.training.tokenization import TrainBatch, collate, tokenize_sample
@@ -115,10 +126,16 @@ class Trainer:
             torch.set_num_threads(config.train_num_threads)
         self.root = checkpoint_root(config)
         resume_from = latest_checkpoint(self.root)
-        model_dir = resume_from or resolve_model_path(config.model_name_or_path)
+        base_dir = resolve_model_path(config.model_name_or_path)
+        model_dir = resume_from or base_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.model.to(self.device).train()
+        # --- firsthour: checkpoint dtype, KL reference, stop flag (issue 15 / 12.6) ---
+        self.optimizer_dtype = optimizer_storage_dtype(config.checkpoint_optimizer_dtype)
+        self.ref_model = reference_model(base_dir, self.device) if config.kl_coef > 0 else None
+        self.stop_requested = False
+        # --- end firsthour ---
         self.module: Any = self.model
         if self.world_size > 1:
             self.module = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -149,7 +166,8 @@ class Trainer:
             self.dbs.global_step.set(0)
         self.is_main = self.rank == 0
         self.logger = MetricsLogger(
-            self.metrics_path, config.max_steps or None, show_progress and self.is_main
+            self.metrics_path, config.max_steps or None, show_progress and self.is_main,
+            start_step=self.resumed_step or 0,
         )
         self._counts = self.claimer.rollout_counts()
 
@@ -183,7 +201,7 @@ class Trainer:
         if self.resumed_step is not None and self.is_main:
             self.publish(step_dir(self.root, self.resumed_step), self.dbs.global_step.get())
         try:
-            while not self._reached_max_steps():
+            while not self._reached_max_steps() and not self.stop_requested:
                 groups = self.wait_for_groups()
                 if not self._all_ranks_have(groups):
                     break
@@ -217,6 +235,8 @@ class Trainer:
         groups: list[ClaimedGroup] = []
         last_progress = time.monotonic()
         while True:
+            if self.stop_requested:  # firsthour: a stop ends the wait; no step is taken
+                return []
             held = sum(len(g.records) for g in groups)
             finished = self.sampling_finished()
             new = self.claimer.claim(self.dbs.global_step.get() + 1, want - held)
@@ -265,8 +285,11 @@ class Trainer:
             checkpointing = new_step % self.config.checkpoint_every_steps == 0
             state = self._state(new_step) if checkpointing else None
             model_dir = save_step(
-                self.root, new_step, self.model, self.tokenizer, state, self.config.keep_checkpoints
+                self.root, new_step, self.model, self.tokenizer, state,
+                self.config.keep_checkpoints, self.optimizer_dtype,
             )
+            if state is not None:
+                self.logger.note(f"checkpoint {describe_checkpoint(model_dir)}")
             self.publish(model_dir, new_step)
             self.dbs.global_step.incr()
         if self.world_size > 1:
@@ -302,6 +325,36 @@ class Trainer:
             if finished > 0 else math.nan,
             M.ROLLOUT_GROUPS_WITH_SPREAD: float(len(groups)),
         }
+
+    # --- stopping (firsthour: SIGINT/SIGTERM handling of the drivers) --------------------------
+
+    def request_stop(self) -> None:
+        """Ask :meth:`train` to return after the step in progress (or now, while waiting)."""
+        self.stop_requested = True
+
+    def save_checkpoint_now(self) -> Path | None:
+        """Make the last completed step resumable (rank 0), so a rerun continues from it.
+
+        Returns:
+            The resumable checkpoint of the last completed step (``None`` when no step was
+            ever completed, or on ranks other than 0).
+
+        Raises:
+            CheckpointError: the state cannot be written.
+        """
+        if not self.is_main:
+            return None
+        step = self.dbs.global_step.get()
+        directory = step_dir(self.root, step)
+        if (directory / COMPLETE_MARKER).exists():
+            return directory
+        if self.steps_done == 0 or not directory.is_dir():
+            return latest_checkpoint(self.root)
+        path = complete_step(
+            self.root, self._state(step), self.config.keep_checkpoints, self.optimizer_dtype
+        )
+        self.logger.note(f"checkpoint {describe_checkpoint(path)}")
+        return path
 
     def _state(self, step: int) -> TrainerState:
         return TrainerState(
@@ -358,14 +411,16 @@ class Trainer:
         """
         started = time.monotonic()
         self.optimizer.zero_grad(set_to_none=True)
-        normalizer = loss_normalizer(self.config.loss_calculater, batch.loss_mask)
+        aggregation = self.config.loss_aggregation
+        normalizer = loss_normalizer(self.config.loss_calculater, batch.loss_mask, aggregation)
+        kl_normalizer = loss_normalizer("", batch.loss_mask, aggregation)
         parts: list[dict[str, float]] = []
         weights: list[float] = []
         total_loss = 0.0
         size = self.config.micro_batch_size
         for start in range(0, len(batch), size):
             micro = batch.slice(start, start + size).to(self.device)
-            out, extra = self._micro_step(micro, step, normalizer)
+            out, extra = self._micro_step(micro, step, normalizer, kl_normalizer)
             total_loss += float(out.loss.detach().item())
             parts.append({**out.metrics, **extra})
             weights.append(float(micro.loss_mask.sum().item()))
@@ -393,9 +448,13 @@ class Trainer:
         return metrics
 
     def _micro_step(
-        self, micro: TrainBatch, step: int, normalizer: float
+        self, micro: TrainBatch, step: int, normalizer: float, kl_normalizer: float = 1.0
     ) -> tuple[Any, dict[str, float]]:
-        """Forward + backward of one micro-batch; returns the loss output and extra metrics."""
+        """Forward + backward of one micro-batch; returns the loss output and extra metrics.
+
+        With ``kl_coef > 0`` the loss includes :func:`~agentrl.training.loss.kl_penalty` to the
+        reference model (normalized by ``kl_normalizer``).
+        """
         logits = self.module(
             input_ids=micro.input_ids, attention_mask=micro.attention_mask, use_cache=False
         ).logits  # (b, t, V)
@@ -407,11 +466,22 @@ class Trainer:
             logprobs, old, micro.advantages, micro.loss_mask, staleness, self.loss_params,
             normalizer=normalizer,
         )
+        if self.ref_model is not None:  # firsthour: KL to the reference policy (issue 12.6)
+            ref = model_logprobs(self.ref_model, micro)
+            kl = kl_penalty(logprobs, ref, micro.loss_mask, self.loss_params, kl_normalizer)
+            out = LossOutput(out.loss + kl.loss, {**out.metrics, **kl.metrics})
         out.loss.backward()
         mask = micro.loss_mask
         diff = (old - logprobs.detach()) * mask
         extra = {"policy/behaviour_kl_mean": float(diff.sum().item() / max(mask.sum().item(), 1))}
         return out, extra
+
+
+def reference_model(model_dir: str | Path, device: torch.device) -> Any:
+    """A frozen float32 copy of the model in ``model_dir`` (the KL reference policy)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.to(device).eval().requires_grad_(False)
+    return model
 
 
 def model_logprobs(model: Any, batch: TrainBatch) -> torch.Tensor:
