@@ -14,6 +14,8 @@ import importlib
 import logging
 from typing import Any
 
+import agentrl.rollout.math  # noqa: F401 - registers the built-in "math" sampler, as workers do
+import agentrl.rollout.osworld  # noqa: F401 - registers "osworld"
 from agentrl.configs import AgentTrainingConfig
 from agentrl.errors import ConfigError, DatasetError
 from agentrl.rollout.registry import get_sampler
