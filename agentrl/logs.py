@@ -3,8 +3,9 @@ console.
 
 The console (stderr) is shared with the trainer's progress bar (:data:`console`), so lines
 printed while the bar is drawn appear above it instead of tearing it. :func:`setup_logging`
-sends every record of level INFO and up to ``runs/<name>/logs/<file>``; on the console it shows
-the driver's own INFO narrative (``agentrl.driver``), WARNING and up from agentrl, and only
+sends every record of level INFO and up (DEBUG and up from agentrl) to
+``runs/<name>/logs/<file>``; on the console it shows the INFO narrative of the driver, the
+trainer and the engine manager, WARNING and up from the rest of agentrl, and only
 ERROR and up from libraries (httpx, transformers, urllib3, celery...). Transformers' and
 huggingface_hub's own stderr handler and progress bars are turned off, so their output also goes
 to the file.
@@ -25,7 +26,7 @@ console = Console(stderr=True)
 
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
-NARRATIVE_LOGGERS = ("agentrl.driver",)
+NARRATIVE_LOGGERS = ("agentrl.driver", "agentrl.training.trainer", "agentrl.inference.manager")
 """Loggers whose INFO records the console shows (what the command is doing)."""
 
 
@@ -43,7 +44,7 @@ class ConsoleFilter(logging.Filter):
 
 
 def setup_logging(log_file: Path | None = None) -> None:
-    """Route logging for a command: INFO+ to ``log_file``, a filtered view to :data:`console`.
+    """Route logging for a command: all to ``log_file``, a filtered view to :data:`console`.
 
     Replaces the root logger's handlers (a second call moves the file). Safe to call before the
     run directory is known (``log_file=None``: console only, until a later call adds the file).
@@ -57,7 +58,8 @@ def setup_logging(log_file: Path | None = None) -> None:
         root.removeHandler(handler)
         handler.close()
     root.setLevel(logging.INFO)
-    shown = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+    logging.getLogger("agentrl").setLevel(logging.DEBUG)
+    shown = RichHandler(console=console, show_time=False, show_path=False)
     shown.addFilter(ConsoleFilter())
     root.addHandler(shown)
     if log_file is not None:

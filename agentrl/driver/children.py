@@ -65,7 +65,8 @@ class ChildProcess:
                 env=dict(env) if env is not None else None,
                 start_new_session=True,
             )
-        log.info("started %s (pid %d): %s", role, self.process.pid, " ".join(self.command))
+        log.info("started %s (pid %d), log %s", role, self.process.pid, self.log_file)
+        log.debug("%s command: %s", role, " ".join(self.command))
 
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the child's log."""

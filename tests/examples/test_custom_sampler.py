@@ -67,3 +67,13 @@ def test_readme_example_samples_then_agentrl_train_trains(
     assert len(steps) == math.ceil(len(groups) / 2)  # train_batch_size 8: two groups of 4
     assert all(r.trained_count == 1 for r in ready)
     assert sum(s["train/records"] for s in steps) == len(ready)
+
+
+def test_readme_shows_the_tested_example_and_its_config() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Writing a sampler", 1)[1]
+    python_block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    yaml_block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    example = (REPO / "examples" / "custom_sampler.py").read_text()
+    assert example.endswith(python_block) and python_block.startswith("from pathlib import Path")
+    assert yaml_block == (REPO / "examples" / "custom_sampler.yaml").read_text()
