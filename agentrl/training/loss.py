@@ -149,16 +149,27 @@ def loss_normalizer(
         name: a registered loss.
         loss_mask: ``(B, T)`` loss mask of the whole batch.
         aggregation: ``loss_aggregation``, for losses registered with ``normalize_by=
-            "aggregation"`` (and for :func:`kl_penalty`: pass ``name=""``).
+            "aggregation"``.
 
     Returns:
         Trained tokens (token-level losses) or sequences with trained tokens (GSPO, and
         ``sequence`` aggregation), at least 1.
     """
-    by = _NORMALIZE_BY.get(name, "aggregation" if not name else "tokens")
+    by = _NORMALIZE_BY.get(name, "tokens")
     if by == "aggregation":
-        by = "sequences" if aggregation == "sequence" else "tokens"
-    if by == "sequences":
+        return aggregation_normalizer(aggregation, loss_mask)
+    return aggregation_normalizer("sequence" if by == "sequences" else "token", loss_mask)
+
+
+def aggregation_normalizer(aggregation: Aggregation, loss_mask: torch.Tensor) -> float:
+    """What :func:`aggregate` divides by for a whole batch: trained tokens (``token``) or
+    sequences with trained tokens (``sequence``), at least 1.
+
+    Args:
+        aggregation: ``token`` or ``sequence``.
+        loss_mask: ``(B, T)`` loss mask of the whole batch.
+    """
+    if aggregation == "sequence":
         return max(1.0, float((loss_mask.sum(-1) > 0).sum().item()))
     return max(1.0, float(loss_mask.sum().item()))
 
@@ -539,7 +550,7 @@ def kl_penalty(
         loss_mask: ``(B, T)`` 1 on trained tokens.
         params: ``kl_coef`` and ``loss_aggregation``.
         normalizer: the whole batch's count for ``loss_aggregation``
-            (``loss_normalizer("", mask, aggregation)``); ``None``: this batch's.
+            (:func:`aggregation_normalizer`); ``None``: this batch's.
 
     Returns:
         The weighted penalty and ``kl/ref_mean`` (the mean k3 over trained tokens, unweighted).

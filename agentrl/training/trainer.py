@@ -10,6 +10,10 @@ One step reads like the algorithm (:meth:`Trainer.train`)::
     checkpoint(model, optimizer, step)   # resumable every checkpoint_every_steps
     log(metrics)                         # JSONL + progress bar
 
+:meth:`Trainer.request_stop` (the drivers call it on Ctrl-C / SIGTERM) ends the loop after the
+step in progress, or at once while it waits for groups; :meth:`Trainer.save_checkpoint_now` then
+makes the last completed step resumable.
+
 Works as a single process on CPU (``agentrl train``) and under ``torchrun``: each rank claims its
 own groups, gradients are averaged by DistributedDataParallel, and rank 0 alone publishes,
 increments the global step, checkpoints and logs.
@@ -52,6 +56,7 @@ from agentrl.training.datasets import get_record_converter
 from agentrl.training.loss import (
     LossOutput,
     LossParams,
+    aggregation_normalizer,
     get_loss,
     kl_penalty,
     loss_normalizer,
@@ -413,7 +418,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         aggregation = self.config.loss_aggregation
         normalizer = loss_normalizer(self.config.loss_calculater, batch.loss_mask, aggregation)
-        kl_normalizer = loss_normalizer("", batch.loss_mask, aggregation)
+        kl_normalizer = aggregation_normalizer(aggregation, batch.loss_mask)
         parts: list[dict[str, float]] = []
         weights: list[float] = []
         total_loss = 0.0
