@@ -179,13 +179,16 @@ CELERY_ENTRY = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,.]+: (?P<level>[A-Z]+)/[^\]]
 
 REPORTED_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
 _VOLATILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-                       r"|\b\d+(?:\.\d+)?s\b")
+                       r"|\b[0-9a-f]{12,}\b|\d+(?:\.\d+)?")
+"""What varies between entries of one kind: ids, counts, line numbers, durations."""
 WATCH_INTERVAL_S = 1.0
 """Seconds between looks at the log files."""
 REPEAT_REPORT_S = 60.0
 """A kind that keeps repeating is reported again (with its count) at most this often."""
 MAX_TEXT = 400
 """Characters of an entry shown on the console."""
+MAX_KINDS_SHOWN = 20
+"""Kinds reported one by one; further new kinds are only counted (and named at the end)."""
 
 
 @dataclass
@@ -195,8 +198,8 @@ class LogKind:
     Attributes:
         role: the child (``worker``, ``beat``).
         level: ``WARNING``, ``ERROR`` or ``CRITICAL``.
-        text: the entry's text (with its exception line), volatile parts (ids, durations) masked.
-        count: entries of this kind so far.
+        text: the first entry's text (with its exception line).
+        count: entries of this kind so far (entries whose text differs only in numbers and ids).
         reported: ``count`` when it was last reported.
         reported_at: ``time.monotonic()`` of that report.
     """
@@ -209,27 +212,32 @@ class LogKind:
     reported_at: float = 0.0
 
 
-def entry_kind(level: str, lines: list[str]) -> tuple[str, str]:
-    """``(level, text)`` of a log entry: its first line plus, after a traceback, the exception.
+def entry_text(lines: list[str]) -> str:
+    """The text of a log entry: its first line plus, after a traceback, the exception line.
 
     Args:
-        level: the entry's level.
-        lines: the entry's text lines (first line without the Celery prefix).
+        lines: the entry's text lines (the first without the Celery prefix).
     """
     text = lines[0].strip()
     tail = [line.strip() for line in lines[1:] if line.strip()]
     if tail and any(line.startswith("Traceback") for line in lines):
         text = f"{text} -> {tail[-1]}" if text and not text.startswith("Traceback") else tail[-1]
-    return level, _VOLATILE.sub("…", text)[:MAX_TEXT]
+    return text[:MAX_TEXT]
+
+
+def kind_key(text: str) -> str:
+    """``text`` with what varies between entries of one kind (ids, numbers) masked."""
+    return _VOLATILE.sub("#", text)
 
 
 class ChildLogWatcher:
     """Follows the children's log files and reports their WARNING/ERROR entries by kind.
 
-    A new kind is logged at once (WARNING or ERROR, naming the child and its log file); a kind
-    that repeats is logged again with its count at most every ``repeat_every_s`` seconds;
+    A new kind (entries that differ only in numbers and ids are one kind) is logged at once
+    (WARNING or ERROR, naming the child and its log file), up to :data:`MAX_KINDS_SHOWN` kinds;
+    a kind that repeats is logged again with its count at most every ``repeat_every_s`` seconds;
     :meth:`stop` logs the counts not reported yet. A raw ``Traceback`` outside a Celery entry (a
-    crash at start) counts as an ERROR entry.
+    crash) counts as an ERROR entry.
 
     Args:
         children: the children whose ``log_file`` is followed.
@@ -253,10 +261,10 @@ class ChildLogWatcher:
         for child in self.children:
             self._read(child)
         now = time.monotonic()
-        for kind in self.kinds.values():
-            if kind.reported == 0:
+        for shown, kind in enumerate(self.kinds.values()):
+            if kind.reported == 0 and shown < MAX_KINDS_SHOWN:
                 self._report(kind, now, first=True)
-            elif kind.count > kind.reported and now - kind.reported_at >= self.repeat_every_s:
+            elif 0 < kind.reported < kind.count and now - kind.reported_at >= self.repeat_every_s:
                 self._report(kind, now, first=False)
 
     def _read(self, child: ChildProcess) -> None:
@@ -280,7 +288,10 @@ class ChildLogWatcher:
         if match is not None:
             self._close(role)
             self._open[role] = (match["level"], [match["text"]])
-        elif line.startswith("Traceback") and self._open[role] is None:
+        elif line.startswith("Traceback") and (
+            self._open[role] is None or self._open[role][0] not in REPORTED_LEVELS
+        ):  # a raw traceback (a crash) after an INFO entry or none
+            self._close(role)
             self._open[role] = ("ERROR", [line])
         elif self._open[role] is not None:
             self._open[role][1].append(line)
@@ -289,8 +300,8 @@ class ChildLogWatcher:
         entry, self._open[role] = self._open[role], None
         if entry is None or entry[0] not in REPORTED_LEVELS:
             return
-        level, text = entry_kind(*entry)
-        kind = self.kinds.setdefault((role, level, text), LogKind(role, level, text))
+        level, text = entry[0], entry_text(entry[1])
+        kind = self.kinds.setdefault((role, level, kind_key(text)), LogKind(role, level, text))
         kind.count += 1
 
     def _report(self, kind: LogKind, now: float, first: bool) -> None:
@@ -324,6 +335,12 @@ class ChildLogWatcher:
         for child in self.children:
             self._read(child)
             self._close(child.role)
-        for kind in self.kinds.values():
-            if kind.count > kind.reported:
+        unshown = 0
+        for shown, kind in enumerate(self.kinds.values()):
+            if shown >= MAX_KINDS_SHOWN and kind.reported == 0:
+                unshown += 1
+            elif kind.count > kind.reported:
                 self._report(kind, time.monotonic(), first=kind.reported == 0)
+        if unshown:
+            log.warning("%d more kinds of WARNING/ERROR entries in %s", unshown,
+                        ", ".join(str(c.log_file) for c in self.children))

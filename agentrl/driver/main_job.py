@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -169,7 +170,13 @@ def run_main_job(
     watcher: ChildLogWatcher | None = None
     redis_child = ensure_redis(config, log_dir)
     dbs: Databases | None = None
-    start_step, outcome = 0, "interrupted"
+    start_step = 0
+
+    def summarize(outcome: Literal["finished", "interrupted"]) -> Path:
+        invocation = Invocation(started_at, time.monotonic() - started, start_step,
+                                dbs.global_step.get(), outcome)
+        return write_summary(run_dir, read_metrics(run_dir / "metrics.jsonl"), dbs, invocation)
+
     try:
         dbs = init_databases(config)
         if fresh:
@@ -178,11 +185,7 @@ def run_main_job(
         log.info("starting the inference engine (%s)", config.engine)
         with InferenceManager(config, dbs) as manager, StopOnSignal() as stop:
             if not external_workers:
-                env = child_env(config, dbs, config_file)
-                children += [start_worker(config.name, log_dir, env), start_beat(log_dir, env)]
-                (log_dir / "pids").write_text(
-                    "".join(f"{c.process.pid} {c.role}\n" for c in children)
-                )
+                children += start_children(config, dbs, config_file, log_dir)
                 watcher = ChildLogWatcher(children).start()
 
             def sampling_finished() -> bool:
@@ -198,21 +201,16 @@ def run_main_job(
             stop.attach(trainer.request_stop)
             trainer.train()
             checkpoint = trainer.save_checkpoint_now() if stop.requested else None
-            outcome = "interrupted" if stop.requested else "finished"
+        summary = summarize("interrupted" if stop.requested else "finished")
         steps = read_metrics(run_dir / "metrics.jsonl")
-        summary = write_summary(run_dir, steps, dbs, Invocation(
-            started_at, time.monotonic() - started, start_step, dbs.global_step.get(), outcome))
-        plot = plot_rewards(run_dir, steps)
         return RunResult(
-            run_dir=run_dir, summary=summary, plot=plot, steps=len(steps),
+            run_dir=run_dir, summary=summary, plot=plot_rewards(run_dir, steps), steps=len(steps),
             interrupted_at=dbs.global_step.get() if stop.requested else None,
             checkpoint=checkpoint,
         )
     except KeyboardInterrupt:
         if dbs is not None:
-            write_summary(run_dir, read_metrics(run_dir / "metrics.jsonl"), dbs, Invocation(
-                started_at, time.monotonic() - started, start_step, dbs.global_step.get(),
-                "interrupted"))
+            summarize("interrupted")
         raise
     finally:
         for child in reversed(children):
@@ -223,3 +221,13 @@ def run_main_job(
             dbs.close()
         if redis_child is not None:
             redis_child.stop()
+
+
+def start_children(
+    config: AgentTrainingConfig, dbs: Databases, config_file: Path, log_dir: Path
+) -> list[ChildProcess]:
+    """Start the sampling worker and beat; their pids go to ``logs/pids``."""
+    env = child_env(config, dbs, config_file)
+    children = [start_worker(config.name, log_dir, env), start_beat(log_dir, env)]
+    (log_dir / "pids").write_text("".join(f"{c.process.pid} {c.role}\n" for c in children))
+    return children

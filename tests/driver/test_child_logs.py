@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from agentrl.configs import AgentTrainingConfig
-from agentrl.driver.children import ChildLogWatcher, start_beat
+from agentrl.driver.children import ChildLogWatcher, ChildProcess, start_beat
 from tests.jobs.helpers import wait_for
 
 
@@ -45,3 +46,25 @@ def test_watcher_reports_each_kind_once_then_its_count(
         watcher.stop()
     (summary,) = [r.getMessage() for r in caplog.records if "DatasetError" in r.getMessage()]
     assert f"beat ERROR x{kind.count} " in summary
+
+
+def test_entries_differing_in_numbers_and_ids_are_one_kind(tmp_path: Path) -> None:
+    """Skipped dataset lines and per-task warnings are counted, not listed one by one."""
+    log_file = tmp_path / "worker.log"
+    lines = [f"[2026-01-01 10:00:0{i},123: WARNING/MainProcess] skipping d.jsonl:{i + 2}: not "
+             f"JSON: Expecting value: line 1 column {i + 1} (char {i})" for i in range(5)]
+    lines.append("[2026-01-01 10:00:09,123: INFO/MainProcess] Task agentrl.sample[x] received")
+    lines.append("Traceback (most recent call last):")
+    lines.append('  File "x.py", line 1, in <module>')
+    lines.append("ImportError: cannot import name 'y'")
+    log_file.write_text("\n".join(lines) + "\n")
+    child = ChildProcess("worker", [sys.executable, "-c", "pass"], tmp_path / "unused.log")
+    child.log_file = log_file
+    watcher = ChildLogWatcher([child])
+    watcher.poll()
+    watcher.poll()  # nothing new: the open traceback entry is complete
+    kinds = sorted((k.level, k.count, k.text) for k in watcher.kinds.values())
+    assert kinds == [
+        ("ERROR", 1, "ImportError: cannot import name 'y'"),
+        ("WARNING", 5, "skipping d.jsonl:2: not JSON: Expecting value: line 1 column 1 (char 0)"),
+    ]
