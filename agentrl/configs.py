@@ -337,8 +337,30 @@ class AgentTrainingConfig(BaseSettings):
         0.0, ge=0.0, le=1.0, description="Trust-window shrink per step of staleness (0: off)."
     )
     max_trained_count: int = Field(1, ge=1, description="Times one READY record may be trained on.")
-    loss_calculater: Literal["GRPO", "GSPO", "CrossEntropy"] = Field(
-        "GRPO", description="Loss: GRPO, GSPO (sequence-level ratio) or CrossEntropy (SFT)."
+    loss_calculater: Literal["GRPO", "GSPO", "MINIRL", "CISPO", "CrossEntropy"] = Field(
+        "GRPO",
+        description=(
+            "Loss: GRPO, GSPO (sequence-level ratio), MINIRL (REINFORCE, detached capped "
+            "ratio), CISPO (clipped IS weight) or CrossEntropy (SFT)."
+        ),
+    )
+    loss_aggregation: Literal["token", "sequence"] = Field(
+        "token",
+        description=(
+            "How GRPO/MINIRL/CISPO average per-token losses: over the batch's tokens (DAPO) or "
+            "per sequence, then over sequences (GRPO, DeepSeekMath eq. 3)."
+        ),
+    )
+    kl_coef: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of the k3 KL penalty to the initial (reference) policy (0: off).",
+    )
+    cispo_epsilon_low: float = Field(
+        1.0, ge=0.0, description="CISPO: IS weight >= 1 - this (1: no lower bound, as MiniMax-M1)."
+    )
+    cispo_epsilon_high: float = Field(
+        0.28, ge=0.0, description="CISPO: IS weight <= 1 + this."
     )
     train_batch_size: int = Field(
         16, ge=1, description="Trajectories (records) per optimizer step; whole groups are taken."
@@ -382,7 +404,17 @@ class AgentTrainingConfig(BaseSettings):
     checkpoint_every_steps: int = Field(
         1, ge=1, description="Save optimizer state (a resumable checkpoint) every N steps."
     )
-    keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept on disk.")
+    keep_checkpoints: int = Field(
+        2, ge=1,
+        description="Resumable checkpoints kept on disk (plus the newest step's weights).",
+    )
+    checkpoint_optimizer_dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16",
+        description=(
+            "dtype of the AdamW moments in checkpoints: bfloat16 (float32's range, half the "
+            "bytes) or float32 (bit-exact resumes)."
+        ),
+    )
     train_poll_interval_s: float = Field(
         2.0, gt=0, description="Seconds between looks for READY records while waiting."
     )

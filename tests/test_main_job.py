@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agentrl.configs import AgentTrainingConfig, load_config
 from agentrl.databases import (
@@ -19,8 +23,11 @@ from agentrl.databases import (
 )
 from agentrl.driver.main_job import run_main_job
 from agentrl.errors import ConfigError
+from agentrl.rollout.ledger import GlobalStep
+from agentrl.training.checkpoint import latest_checkpoint
 from agentrl.training.metrics import read_metrics
 from tests.conftest import SHARED_DATA, free_port
+from tests.jobs.helpers import REPO, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -114,3 +121,53 @@ def test_gsm8k_tools_example_trains_two_steps(config: AgentTrainingConfig, dbs: 
     assert '"name": "calculate"' in call.request["messages"][0]["content"]  # the server's tools
     service = next(dbs.store.find(InferenceService, {}))
     assert service.weight_version == "2"
+
+
+
+def test_sigint_keeps_the_run_and_the_rerun_resumes(
+    config: AgentTrainingConfig, dbs: Databases, tmp_path: Path
+) -> None:
+    """Ctrl-C at step 2 with checkpoint_every_steps 4: exit 130 naming the step, a checkpoint of
+    it, and the same command resumes there (nothing refused, no record trained twice)."""
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump({
+        "name": "sigint", "train_file": str(SHARED_DATA / "gsm8k" / "train.jsonl"),
+        "max_train_tasks": 4, "num_generations": 2, "num_train_epochs": 2, "max_new_tokens": 8,
+        "sampler": "math_with_spread", "sampler_modules": "tests.training.spread_sampler",
+        "engine": "cpu", "engine_base_port": free_port(), "beat_interval_s": 1.0,
+        "train_batch_size": 2, "max_steps": 4, "checkpoint_every_steps": 4,
+        "keep_checkpoints": 1, "learning_rate": 1e-5,
+    }))
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    output = tmp_path / "first.out"
+    with output.open("w") as out:
+        first = subprocess.Popen(
+            [sys.executable, "-c", "from agentrl.cli import main; main()", "run", str(run_yaml),
+             "--no-progress"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    run_dir = config.output_dir / "sigint"
+    try:
+        wait_for(lambda: first.poll() is None and len(read_metrics(run_dir / "metrics.jsonl"))
+                 >= 2, 480, "step 2 of the first run")
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    text = " ".join(output.read_text().split())
+    assert first.returncode == 130, text[-3000:]
+    step = GlobalStep(dbs).get()
+    assert step >= 2 and f"interrupted at step {step} — rerun the same command to resume" in text
+    checkpoints = run_dir / "checkpoints"
+    assert latest_checkpoint(checkpoints) == checkpoints / f"step-{step:06d}"
+    trained = dbs.store.collection(Record).count_documents({"trained_count": {"$gt": 0}})
+    assert trained == 2 * step  # one group of 2 per completed step, nothing more
+
+    result = run_main_job(load_config(run_yaml), show_progress=False)  # the same command again
+    summary = json.loads(result.summary.read_text())
+    assert summary["global_step"] == 4 and result.steps == 4
+    assert [(i["start_step"], i["end_step"], i["outcome"]) for i in summary["invocations"]] == [
+        (0, step, "interrupted"), (step, 4, "finished")]
+    assert summary["wall_time_s"] == pytest.approx(
+        sum(i["wall_time_s"] for i in summary["invocations"]), abs=0.2)
+    assert dbs.store.collection(Record).count_documents({"trained_count": {"$gt": 1}}) == 0

@@ -27,6 +27,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from agentrl.errors import DuplicateModelError, UnknownModelError
+from agentrl.redefinition import is_redefinition
 
 TYPE_FIELD = "_type"
 """Name of the discriminator field stored with every document."""
@@ -184,13 +185,15 @@ def register_new_model(cls: type[D]) -> type[D]:
         ``cls`` unchanged.
 
     Raises:
-        DuplicateModelError: a class of the same name is already registered.
+        DuplicateModelError: another class of the same name is already registered (the same
+            class defined again by the same file, a script imported as ``__main__`` and by its
+            module name, replaces it: :func:`~agentrl.redefinition.is_redefinition`).
         TypeError: ``cls`` is not a Document subclass with a collection.
     """
     if not (isinstance(cls, type) and issubclass(cls, Document) and cls.collection_name):
         raise TypeError(f"{cls!r} must subclass a stored Document such as Task or Record")
     name = cls.__name__
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
+    if name in _REGISTRY and not is_redefinition(_REGISTRY[name], cls):
         raise DuplicateModelError(name)
     _REGISTRY[name] = cls
     return cls

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,9 @@ from rich.table import Table
 
 from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_config_flags
 from agentrl.configs import load_config
-from agentrl.driver.main_job import run_main_job
+from agentrl.driver.interrupts import INTERRUPTED_EXIT_CODE, say_interrupted
+from agentrl.driver.main_job import run_dir_of, run_main_job
+from agentrl.logs import setup_logging
 
 
 def run(
@@ -31,19 +32,27 @@ def run(
 
     Starts (when not running) Redis, the embedded MongoDB-wire server, the inference engine, a
     sampling worker and beat; stops them all at the end or on Ctrl-C. Writes
-    runs/<name>/summary.json and runs/<name>/reward.png. A rerun with the same name resumes
-    from its last checkpoint (use --fresh to start over).
+    runs/<name>/summary.json and runs/<name>/reward.png; logs go to runs/<name>/logs/. Ctrl-C
+    (or SIGTERM) finishes the step in progress and checkpoints it (exit status 130); a rerun
+    with the same name resumes from the last checkpoint (use --fresh to start over).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_config(config_file, **parse_config_flags(ctx.args))
-    result = run_main_job(
-        config, external_workers=external_workers, fresh=fresh, show_progress=progress
-    )
-    console = Console()
-    console.print(steps_table(json.loads(result.summary.read_text())))
-    console.print(f"[bold green]done[/]: {result.steps} optimizer steps")
-    console.print(f"summary: {result.summary}")
-    console.print(f"plot:    {result.plot}")
+    setup_logging(run_dir_of(config) / "logs" / "run.log")
+    try:
+        result = run_main_job(
+            config, external_workers=external_workers, fresh=fresh, show_progress=progress
+        )
+    except KeyboardInterrupt:
+        say_interrupted(config, None)
+        raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
+    if result.interrupted_at is not None:
+        say_interrupted(config, result.interrupted_at)
+        raise typer.Exit(INTERRUPTED_EXIT_CODE)
+    out = Console()
+    out.print(steps_table(json.loads(result.summary.read_text())))
+    out.print(f"[bold green]done[/]: {result.steps} optimizer steps")
+    out.print(f"summary: {result.summary}")
+    out.print(f"plot:    {result.plot}")
 
 
 def _fmt(value: float | None) -> str:

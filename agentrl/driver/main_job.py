@@ -2,14 +2,17 @@
 
 The driver reads like the algorithm::
 
+    check_datasets(config)                       # a broken dataset fails here (exit 2)
     redis     = ensure_redis()                   # a local redis-server if none answers
     dbs       = init_databases(config)           # starts the embedded MongoDB-wire server
     engine    = InferenceManager(config, dbs)    # CPU engine (or SGLang), registered UP
     children  = worker, beat                     # celery -A agentrl worker / beat
+    watcher   = ChildLogWatcher(children)        # their WARNING/ERROR entries on the console
     Trainer(publish=ManagerWeightPublisher(engine)).train()   # until sampling has finished
     summary.json, reward.png                     # runs/<name>/
 
-Every child is stopped on exit, on an error and on Ctrl-C / SIGTERM.
+Every child is stopped on exit, on an error and on Ctrl-C / SIGTERM. The first Ctrl-C / SIGTERM
+during training lets the step in progress finish and checkpoints it; a rerun resumes there.
 """
 
 from __future__ import annotations
@@ -18,23 +21,31 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
+from typing import Literal
 
 import yaml
 
 from agentrl.config_sections import DEPRECATED_KEYS, SECTIONS
 from agentrl.configs import CONFIG_ENV_VAR, ENV_NESTED_DELIMITER, AgentTrainingConfig, env_name
 from agentrl.databases import Databases, init_databases
-from agentrl.driver.children import ChildProcess, ensure_redis, start_beat, start_worker
-from agentrl.driver.report import plot_rewards, write_summary
+from agentrl.driver.children import (
+    ChildLogWatcher,
+    ChildProcess,
+    ensure_redis,
+    start_beat,
+    start_worker,
+)
+from agentrl.driver.interrupts import StopOnSignal
+from agentrl.driver.preflight import check_datasets
+from agentrl.driver.report import Invocation, plot_rewards, write_summary
 from agentrl.errors import ConfigError
 from agentrl.inference.manager import InferenceManager
 from agentrl.rollout.epochs import split_done
-from agentrl.rollout.ledger import clear_run_keys
+from agentrl.rollout.ledger import GlobalStep, clear_run_keys
 from agentrl.training.checkpoint import checkpoint_root
 from agentrl.training.metrics import read_metrics
 from agentrl.training.trainer import Trainer
@@ -52,12 +63,17 @@ class RunResult:
         summary: ``summary.json``.
         plot: ``reward.png``.
         steps: optimizer steps in the metrics file.
+        interrupted_at: the global step a SIGINT/SIGTERM stopped the run at (``None``: it
+            finished).
+        checkpoint: the resumable checkpoint written for ``interrupted_at``.
     """
 
     run_dir: Path
     summary: Path
     plot: Path
     steps: int
+    interrupted_at: int | None = None
+    checkpoint: Path | None = None
 
 
 def run_dir_of(config: AgentTrainingConfig) -> Path:
@@ -98,16 +114,32 @@ def write_config(config: AgentTrainingConfig, run_dir: Path) -> Path:
 
 
 def clear_run(config: AgentTrainingConfig, dbs: Databases) -> None:
-    """Forget a previous run of the same name: its database, Redis keys, checkpoints, metrics."""
+    """Forget a previous run of the same name: its database, Redis keys, checkpoints, metrics
+    and summary."""
     dbs.store.client.drop_database(config.db_name)
     dbs.store.create_indexes()
     clear_run_keys(dbs.redis, config.key_prefix)
     shutil.rmtree(checkpoint_root(config), ignore_errors=True)
     (run_dir_of(config) / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir_of(config) / "summary.json").unlink(missing_ok=True)
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def check_train_file(config: AgentTrainingConfig) -> None:
+    """Raise unless ``train_file`` names an existing file.
+
+    Raises:
+        ConfigError: it is empty or does not exist.
+    """
+    if not config.train_file:
+        raise ConfigError(
+            "train_file", "", "not set; pass --train-file PATH or set train_file in the YAML file"
+        )
+    if not Path(config.train_file).is_file():
+        raise ConfigError(
+            "train_file", config.train_file,
+            f"no such file (from {Path.cwd()}); pass --train-file PATH or run from the "
+            "repository root",
+        )
 
 
 def run_main_job(
@@ -119,6 +151,11 @@ def run_main_job(
 ) -> RunResult:
     """Run sampling and training on this machine until sampling has finished (or max_steps).
 
+    SIGINT / SIGTERM while training stop the run after the step in progress, and the last
+    completed step is checkpointed (:class:`~agentrl.driver.interrupts.StopOnSignal`); the
+    result then has ``interrupted_at`` set. A second signal, or one before the trainer exists,
+    raises :class:`KeyboardInterrupt` (after the summary is written, when the databases are up).
+
     Args:
         config: the run configuration.
         external_workers: use already running Celery workers and beat instead of starting them.
@@ -129,41 +166,40 @@ def run_main_job(
         The paths of the run's outputs.
 
     Raises:
-        ConfigError: ``train_file`` is not set or does not exist.
+        ConfigError: ``train_file`` is not set or does not exist, or a ``sampler_modules``
+            module cannot be imported.
+        DatasetError: the training (or eval) dataset cannot be loaded (file, line, reason).
         ChildProcessFailedError: the worker or beat exited during the run.
         ServiceUnavailableError: Redis or MongoDB cannot be reached or started.
         EngineStartError: the inference engine did not start.
     """
-    started = time.monotonic()
-    if not config.train_file:
-        raise ConfigError(
-            "train_file", "", "not set; pass --train-file PATH or set train_file in the YAML file"
-        )
-    if not Path(config.train_file).is_file():
-        raise ConfigError(
-            "train_file", config.train_file,
-            f"no such file (from {Path.cwd()}); pass --train-file PATH or run from the "
-            "repository root",
-        )
+    started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
+    check_train_file(config)
+    check_datasets(config)
     run_dir = run_dir_of(config)
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     children: list[ChildProcess] = []
+    watcher: ChildLogWatcher | None = None
     redis_child = ensure_redis(config, log_dir)
     dbs: Databases | None = None
+    start_step = 0
+
+    def summarize(outcome: Literal["finished", "interrupted"]) -> Path:
+        invocation = Invocation(started_at, time.monotonic() - started, start_step,
+                                GlobalStep(dbs).get(), outcome)
+        return write_summary(run_dir, read_metrics(run_dir / "metrics.jsonl"), dbs, invocation)
+
     try:
         dbs = init_databases(config)
         if fresh:
             clear_run(config, dbs)
         config_file = write_config(config, run_dir)
-        with InferenceManager(config, dbs) as manager:
+        log.info("starting the inference engine (%s)", config.engine)
+        with InferenceManager(config, dbs) as manager, StopOnSignal() as stop:
             if not external_workers:
-                env = child_env(config, dbs, config_file)
-                children += [start_worker(config.name, log_dir, env), start_beat(log_dir, env)]
-                (log_dir / "pids").write_text(
-                    "".join(f"{c.process.pid} {c.role}\n" for c in children)
-                )
+                children += start_children(config, dbs, config_file, log_dir)
+                watcher = ChildLogWatcher(children).start()
 
             def sampling_finished() -> bool:
                 for child in children:
@@ -174,16 +210,37 @@ def run_main_job(
                 config, dbs, ManagerWeightPublisher([manager], dbs),
                 sampling_finished=sampling_finished, show_progress=show_progress,
             )
+            start_step = trainer.resumed_step or 0
+            stop.attach(trainer.request_stop)
             trainer.train()
-            steps = read_metrics(trainer.metrics_path)
-        summary = write_summary(run_dir, steps, dbs, time.monotonic() - started)
-        plot = plot_rewards(run_dir, steps)
-        return RunResult(run_dir=run_dir, summary=summary, plot=plot, steps=len(steps))
+            checkpoint = trainer.save_checkpoint_now() if stop.requested else None
+        summary = summarize("interrupted" if stop.requested else "finished")
+        steps = read_metrics(run_dir / "metrics.jsonl")
+        return RunResult(
+            run_dir=run_dir, summary=summary, plot=plot_rewards(run_dir, steps), steps=len(steps),
+            interrupted_at=GlobalStep(dbs).get() if stop.requested else None,
+            checkpoint=checkpoint,
+        )
+    except KeyboardInterrupt:
+        if dbs is not None:
+            summarize("interrupted")
+        raise
     finally:
         for child in reversed(children):
             child.stop()
+        if watcher is not None:
+            watcher.stop()
         if dbs is not None:
             dbs.close()
         if redis_child is not None:
             redis_child.stop()
-        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def start_children(
+    config: AgentTrainingConfig, dbs: Databases, config_file: Path, log_dir: Path
+) -> list[ChildProcess]:
+    """Start the sampling worker and beat; their pids go to ``logs/pids``."""
+    env = child_env(config, dbs, config_file)
+    children = [start_worker(config.name, log_dir, env), start_beat(log_dir, env)]
+    (log_dir / "pids").write_text("".join(f"{c.process.pid} {c.role}\n" for c in children))
+    return children

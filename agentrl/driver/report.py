@@ -1,11 +1,18 @@
-"""The end-of-run report: ``runs/<name>/summary.json`` and ``runs/<name>/reward.png``."""
+"""The end-of-run report: ``runs/<name>/summary.json`` and ``runs/<name>/reward.png``.
+
+``summary.json`` describes the whole run, over every invocation of ``agentrl run`` that worked on
+it (a resumed run adds to it): ``invocations`` lists each one (start time, wall time, the global
+steps it started and ended at, whether it finished or was interrupted) and ``wall_time_s`` is
+their total.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 
@@ -16,6 +23,40 @@ import matplotlib.pyplot as plt  # noqa: E402
 from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus  # noqa: E402
 from agentrl.rollout.ledger import GlobalStep
 from agentrl.training import metrics as M  # noqa: E402
+
+
+@dataclass
+class Invocation:
+    """One invocation of ``agentrl run`` on a run.
+
+    Attributes:
+        started_at: when it started (ISO 8601, UTC).
+        wall_time_s: its wall time in seconds.
+        start_step: the global step it started at (a resumed checkpoint's step, or 0).
+        end_step: the global step it ended at.
+        outcome: ``finished`` or ``interrupted``.
+    """
+
+    started_at: str
+    wall_time_s: float
+    start_step: int
+    end_step: int
+    outcome: Literal["finished", "interrupted"] = "finished"
+
+
+def previous_invocations(run_dir: Path) -> list[dict[str, Any]]:
+    """The ``invocations`` of an existing ``summary.json`` (a summary written before they were
+    kept counts as one invocation with its wall time); ``[]`` when there is none."""
+    try:
+        old = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if isinstance(old.get("invocations"), list):
+        return list(old["invocations"])
+    if "wall_time_s" in old:
+        return [{"started_at": None, "wall_time_s": old["wall_time_s"], "start_step": None,
+                 "end_step": old.get("global_step"), "outcome": "finished"}]
+    return []
 
 
 def _finite(value: Any) -> float | None:
@@ -39,7 +80,7 @@ def tokens_sampled(dbs: Databases) -> int:
 
 
 def write_summary(
-    run_dir: Path, steps: list[dict[str, Any]], dbs: Databases, wall_time_s: float
+    run_dir: Path, steps: list[dict[str, Any]], dbs: Databases, invocation: Invocation
 ) -> Path:
     """Write ``summary.json``: steps, per-step reward and rates, records, tokens, wall time.
 
@@ -51,7 +92,8 @@ def write_summary(
         run_dir: ``runs/<name>``.
         steps: the per-step metrics (from the metrics JSONL), in step order.
         dbs: connections (record and dispatch counts).
-        wall_time_s: the run's wall time in seconds.
+        invocation: this invocation, appended to the ``invocations`` of an earlier summary;
+            ``wall_time_s`` is the total over all of them.
 
     Returns:
         The path of ``summary.json``.
@@ -70,8 +112,11 @@ def write_summary(
         "staleness_per_step": [_finite(s.get(M.STALENESS_MEAN)) for s in steps],
         "records_per_status": records_per_status(dbs),
         "tokens_sampled": tokens_sampled(dbs),
-        "wall_time_s": round(wall_time_s, 1),
     }
+    invocations = [*previous_invocations(run_dir), asdict(invocation)]
+    invocations[-1]["wall_time_s"] = round(invocation.wall_time_s, 1)
+    summary["invocations"] = invocations
+    summary["wall_time_s"] = round(sum(float(i["wall_time_s"] or 0) for i in invocations), 1)
     path = run_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     return path

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from agentrl.errors import UnknownSamplerError
+from agentrl.redefinition import is_redefinition
 
 if TYPE_CHECKING:
     from agentrl.rollout.sampler import AsyncSampler
@@ -31,14 +32,18 @@ def register_sampler(name: str | None = None) -> Callable[[S], S]:
         A decorator returning the class unchanged (with ``sampler_name`` set).
 
     Raises:
-        ValueError: another class is registered under the same name.
+        ValueError: another class is registered under the same name (the same class defined
+            again by the same file replaces it: :func:`~agentrl.redefinition.is_redefinition`).
     """
 
     def decorate(cls: S) -> S:
         key = name or cls.__name__
         known = _SAMPLERS.get(key)
-        if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
-            raise ValueError(f"sampler name {key!r} is already taken by {known.__qualname__}")
+        if known is not None and not is_redefinition(known, cls):
+            raise ValueError(
+                f"sampler name {key!r} is already taken by {known.__module__}."
+                f"{known.__qualname__}"
+            )
         _SAMPLERS[key] = cls
         cls.sampler_name = key
         return cls

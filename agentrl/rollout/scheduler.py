@@ -11,8 +11,9 @@ The AgentRL guide's example runs unchanged::
 beat push each epoch once), dispatches the claims through the same Celery queues workers consume,
 runs the ledger's housekeeping (claims whose lease lapsed, due retries), and blocks until every
 configured epoch is sampled. When no worker answers a ping it runs an in-process worker (the
-``threads`` pool feeding one event loop), so the example works on one machine with no other
-command. A worker started elsewhere must import
+``threads`` pool feeding one event loop), and when no inference service is registered it starts
+the CPU engine for the run (:func:`~agentrl.inference.availability.sampling_inference`), so the
+example works on one machine with no other command. A worker started elsewhere must import
 the sampler (config ``sampler_modules``) to resolve its registered name.
 """
 
@@ -35,6 +36,7 @@ from agentrl.celery_app import (
 )
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import init_databases
+from agentrl.inference.availability import sampling_inference
 from agentrl.rollout.epochs import push_epoch, split_done
 from agentrl.rollout.ledger import housekeep
 from agentrl.rollout.registry import sampler_name_of
@@ -60,6 +62,8 @@ class SamplingScheduler:
         in_process_worker: run a worker in this process: ``None`` (default) when no worker
             answers a ping, ``True`` always, ``False`` never.
         timeout_s: give up after this many seconds (``None``: wait as long as it takes).
+        start_engine: start an inference engine for the run when no service of
+            ``model_name`` is registered (False for samplers that call no model).
     """
 
     def __init__(
@@ -71,11 +75,13 @@ class SamplingScheduler:
         *,
         in_process_worker: bool | None = None,
         timeout_s: float | None = None,
+        start_engine: bool = True,
     ) -> None:
         self.config, self.sampler_class, self.dataset, self.split = (
             config, sampler_class, dataset, split)
         self.sampler_name = sampler_name_of(sampler_class)
         self.in_process_worker, self.timeout_s = in_process_worker, timeout_s
+        self.start_engine = start_engine
         self.app = make_app(config)
         self.epochs_pushed: list[int] = []
 
@@ -95,6 +101,7 @@ class SamplingScheduler:
         Raises:
             TypeError: a dataset item is not a Task (naming its index).
             TimeoutError: ``timeout_s`` passed before the epochs were sampled.
+            EngineStartError: the engine started for the run did not come up.
         """
         dbs = init_databases(self.config)
         enqueue = lambda claims: enqueue_claims(self.app, claims)  # noqa: E731
@@ -102,6 +109,7 @@ class SamplingScheduler:
         last_housekeeping = start
         with contextlib.ExitStack() as stack:
             stack.callback(dbs.close)
+            stack.enter_context(sampling_inference(self.config, dbs, self.start_engine))
             use_worker = self.in_process_worker
             if use_worker is None:
                 use_worker = not self.workers_alive()

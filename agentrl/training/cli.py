@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
 from pathlib import Path
 
 import typer
@@ -10,8 +10,11 @@ import typer
 from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_config_flags
 from agentrl.configs import load_config
 from agentrl.databases import init_databases
+from agentrl.driver.interrupts import INTERRUPTED_EXIT_CODE, StopOnSignal, say_interrupted
 from agentrl.inference.manager import InferenceManager
+from agentrl.logs import setup_logging
 from agentrl.rollout.epochs import split_done
+from agentrl.rollout.ledger import GlobalStep
 from agentrl.training.trainer import Trainer
 from agentrl.training.weights import ManagerWeightPublisher, no_publish
 
@@ -29,23 +32,31 @@ def train(
     """Train on READY records until max_steps or the end of sampling (torchrun-compatible).
 
     Per-step metrics go to runs/<name>/metrics.jsonl; checkpoints to runs/<name>/checkpoints
-    (a restarted command resumes from the newest one).
+    (a restarted command resumes from the newest one); logs to runs/<name>/logs/train.log.
+    Ctrl-C (or SIGTERM) finishes the step in progress and checkpoints it (exit status 130).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_config(config_file, **parse_config_flags(ctx.args))
-    with init_databases(config) as dbs:
-        if serve:
-            with InferenceManager(config, dbs) as manager:
+    setup_logging(Path(config.output_dir) / config.name / "logs" / "train.log")
+    try:
+        with init_databases(config) as dbs, contextlib.ExitStack() as stack:
+            publish = no_publish
+            if serve:
+                manager = stack.enter_context(InferenceManager(config, dbs))
                 publish = ManagerWeightPublisher([manager], dbs)
-                Trainer(
-                    config, dbs, publish,
-                    sampling_finished=lambda: split_done(dbs, "train"), show_progress=progress,
-                ).train()
-        else:
-            Trainer(
-                config, dbs, no_publish,
+            stop = stack.enter_context(StopOnSignal())
+            trainer = Trainer(
+                config, dbs, publish,
                 sampling_finished=lambda: split_done(dbs, "train"), show_progress=progress,
-            ).train()
+            )
+            stop.attach(trainer.request_stop)
+            trainer.train()
+            if stop.requested:
+                trainer.save_checkpoint_now()
+                say_interrupted(config, GlobalStep(dbs).get())
+                raise typer.Exit(INTERRUPTED_EXIT_CODE)
+    except KeyboardInterrupt:
+        say_interrupted(config, None)
+        raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
 
 
 TRAIN_COMMAND = {

@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agentrl.logs import console
 from agentrl.training.trackers.base import Tracker
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ CLIP_OUT_OF_WINDOW = "clip_ratio/out_of_window_mean"
 POLICY_RATIO = "policy/ratio_mean"
 POLICY_LOG_RATIO_CLAMPED = "policy/log_ratio_clamped_mean"
 POLICY_BEHAVIOUR_KL = "policy/behaviour_kl_mean"
+KL_REF_MEAN = "kl/ref_mean"
+"""Mean k3 estimate of KL(policy || reference) over trained tokens (``kl_coef`` > 0)."""
 STALENESS_MEAN = "staleness/mean"
 STALENESS_MAX = "staleness/max"
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
@@ -58,8 +60,24 @@ TRAIN_SKIPPED_MICRO_BATCHES = "train/skipped_micro_batches"
 TRAIN_TOKEN_EXACT_RATE = "train/token_exact_rate"
 OPTIM_STEP_APPLIED = "optim/step_applied"
 
-SHOWN_IN_PROGRESS = (REWARD_MEAN, LOSS_POLICY, CLIP_REGION, STALENESS_MEAN, PERF_TOKENS_PER_S)
-"""The metrics the progress bar shows after each step."""
+SHOWN_IN_PROGRESS = {
+    "reward": REWARD_MEAN,
+    "loss": LOSS_POLICY,
+    "clip": CLIP_REGION,
+    "staleness": STALENESS_MEAN,
+    "tok/s": PERF_TOKENS_PER_S,
+}
+"""The metrics the progress bar shows after each step, by the label it shows them with."""
+
+
+def progress_fields(metrics: Mapping[str, float]) -> str:
+    """``reward 0.35  loss -0.012  clip 0.02  staleness 1.5  tok/s 120`` (``-`` for NaN)."""
+    parts = []
+    for label, name in SHOWN_IN_PROGRESS.items():
+        value = metrics.get(name, math.nan)
+        shown = "-" if not math.isfinite(value) else f"{value:.3g}"
+        parts.append(f"{label} {shown}")
+    return "  ".join(parts)
 
 
 def reduce_metrics(
@@ -101,6 +119,7 @@ class MetricsLogger:
         show_progress: draw the rich progress bar (off in tests or non-terminals).
         trackers: open experiment trackers; closed by :meth:`close`. A tracker that fails to
             log is reported once and dropped: the JSONL file is the record of the run.
+        start_step: steps already done (a resumed run's bar starts there).
 
     Use as a context manager, or call :meth:`close`.
     """
@@ -111,12 +130,13 @@ class MetricsLogger:
         total_steps: int | None = None,
         show_progress: bool = True,
         trackers: Sequence[Tracker] = (),
+        start_step: int = 0,
     ) -> None:
         self.path = Path(path)
         self.trackers = list(trackers)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
-        self.console = Console(stderr=True)
+        self.console = console
         self._progress: Progress | None = None
         self._task_id = None
         if show_progress:
@@ -130,7 +150,12 @@ class MetricsLogger:
                 transient=False,
             )
             self._progress.start()
-            self._task_id = self._progress.add_task("waiting for READY records", total=total_steps)
+            waiting = "waiting for READY records"
+            if start_step:
+                waiting = f"resumed at step {start_step}; {waiting}"
+            self._task_id = self._progress.add_task(
+                waiting, total=total_steps, completed=start_step
+            )
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Record one step: a JSONL line ``{"step", "time", <metrics>}`` (non-finite values as
@@ -140,12 +165,9 @@ class MetricsLogger:
         self._file.flush()
         self._to_trackers(step, {k: v for k, v in values.items() if v is not None})
         if self._progress is not None and self._task_id is not None:
-            shown = "  ".join(
-                f"{name.split('/', 1)[1] if name != REWARD_MEAN else 'reward'}="
-                f"{metrics.get(name, math.nan):.3g}"
-                for name in SHOWN_IN_PROGRESS
+            self._progress.update(
+                self._task_id, completed=step, description=progress_fields(metrics)
             )
-            self._progress.update(self._task_id, advance=1, description=f"step {step}  {shown}")
 
     def _to_trackers(self, step: int, metrics: Mapping[str, float]) -> None:
         """Log to every tracker; drop (and close) one that raises."""

@@ -11,6 +11,10 @@ One step reads like the algorithm (:meth:`Trainer.train`)::
     commit claims                        # records count as trained once checkpointed
     log(metrics)                         # JSONL, progress bar, report_to trackers
 
+:meth:`Trainer.request_stop` (the drivers call it on Ctrl-C / SIGTERM) ends the loop after the
+step in progress, or at once while it waits for groups; :meth:`Trainer.save_checkpoint_now` then
+makes the last completed step resumable.
+
 Works as a single process on CPU (``agentrl train``) and under ``torchrun``: each rank claims its
 own groups, gradients are averaged by DistributedDataParallel, and rank 0 alone publishes,
 increments the global step, checkpoints and logs.
@@ -38,10 +42,14 @@ from agentrl.rollout.ledger import GlobalStep
 from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, outcome_rates
 from agentrl.training import metrics as M
 from agentrl.training.checkpoint import (
+    COMPLETE_MARKER,
     TrainerState,
     checkpoint_root,
+    complete_step,
+    describe_checkpoint,
     latest_checkpoint,
     load_state,
+    optimizer_storage_dtype,
     restore_rng,
     rng_state,
     save_step,
@@ -52,7 +60,9 @@ from agentrl.training.loss import (
     LOG_RATIO_LIMIT,
     LossOutput,
     LossParams,
+    aggregation_normalizer,
     get_loss,
+    kl_penalty,
     loss_normalizer,
     token_logprobs,
 )
@@ -126,10 +136,16 @@ class Trainer:
             torch.set_num_threads(config.train_num_threads)
         self.root = checkpoint_root(config)
         resume_from = latest_checkpoint(self.root)
-        model_dir = resume_from or resolve_model_path(config.model_name_or_path)
+        base_dir = resolve_model_path(config.model_name_or_path)
+        model_dir = resume_from or base_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.model.to(self.device).train()
+        # --- firsthour: checkpoint dtype, KL reference, stop flag (issue 15 / 12.6) ---
+        self.optimizer_dtype = optimizer_storage_dtype(config.checkpoint_optimizer_dtype)
+        self.ref_model = reference_model(base_dir, self.device) if config.kl_coef > 0 else None
+        self.stop_requested = False
+        # --- end firsthour ---
         self.module: Any = self.model
         if self.world_size > 1:
             self.module = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -148,7 +164,6 @@ class Trainer:
         self.claimer = RecordClaimer(config, dbs)
         self.global_step = GlobalStep(dbs)
         self.steps_done = 0
-        self.checkpointed_step: int | None = None
         self.skipped_records = 0
         self.skipped_micro_batches: list[list[str]] = []
         self.resumed_step: int | None = None
@@ -169,6 +184,7 @@ class Trainer:
         self.logger = MetricsLogger(
             self.metrics_path, config.max_steps or None, show_progress and self.is_main,
             trackers=open_trackers(config) if self.is_main else (),
+            start_step=self.resumed_step or 0,
         )
         self._counts = self.claimer.rollout_counts()
 
@@ -188,7 +204,6 @@ class Trainer:
         if self.rank == 0:
             self.global_step.set(state.step)
         self.resumed_step = state.step
-        self.checkpointed_step = state.step
         log.info("resumed from %s (step %d)", path, state.step)
 
     # --- the loop --------------------------------------------------------------------------------
@@ -203,31 +218,19 @@ class Trainer:
         if self.resumed_step is not None and self.is_main:
             self.publish(step_dir(self.root, self.resumed_step), self.global_step.get())
         try:
-            while not self._reached_max_steps():
+            while not self._reached_max_steps() and not self.stop_requested:
                 groups = self.wait_for_groups()
                 if not self._all_ranks_have(groups):
                     self.claimer.give_back(r for g in groups for r in g.records)
                     break
                 history.append(self.step(groups))
-            self.checkpoint_now()
+            self.save_checkpoint_now()
         finally:
             self.logger.close()
         return history
 
     def _reached_max_steps(self) -> bool:
         return bool(self.config.max_steps) and self.global_step.get() >= self.config.max_steps
-
-    def checkpoint_now(self) -> None:
-        """Write a resumable checkpoint of the last completed step (if it has none yet) and
-        count the records its steps used as trained."""
-        if not self.is_main or not self.steps_done:
-            return
-        step = self.global_step.get()
-        if self.checkpointed_step != step:
-            save_step(self.root, step, self.model, self.tokenizer, self._state(step),
-                      self.config.keep_checkpoints)
-            self.checkpointed_step = step
-        self.claimer.commit(step)
 
     def _all_ranks_have(self, groups: list[ClaimedGroup]) -> bool:
         """Whether every rank has a batch (ranks step together or stop together)."""
@@ -251,6 +254,8 @@ class Trainer:
         groups: list[ClaimedGroup] = []
         last_progress = time.monotonic()
         while True:
+            if self.stop_requested:  # firsthour: a stop ends the wait; no step is taken
+                return []
             held = sum(len(g.records) for g in groups)
             finished = self.sampling_finished()
             if held:
@@ -306,12 +311,14 @@ class Trainer:
             checkpointing = new_step % self.config.checkpoint_every_steps == 0
             state = self._state(new_step) if checkpointing else None
             model_dir = save_step(
-                self.root, new_step, self.model, self.tokenizer, state, self.config.keep_checkpoints
+                self.root, new_step, self.model, self.tokenizer, state,
+                self.config.keep_checkpoints, self.optimizer_dtype,
             )
+            if state is not None:
+                self.logger.note(f"checkpoint {describe_checkpoint(model_dir)}")
             self.publish(model_dir, new_step)
             self.global_step.incr()
             if checkpointing:
-                self.checkpointed_step = new_step
                 self.claimer.commit(new_step)
         if self.world_size > 1:
             dist.barrier()
@@ -347,6 +354,39 @@ class Trainer:
             if reported > 0 else math.nan,
             M.ROLLOUT_GROUPS_WITH_SPREAD: float(len(groups)),
         }
+
+    # --- stopping (firsthour: SIGINT/SIGTERM handling of the drivers) --------------------------
+
+    def request_stop(self) -> None:
+        """Ask :meth:`train` to return after the step in progress (or now, while waiting)."""
+        self.stop_requested = True
+
+    def save_checkpoint_now(self) -> Path | None:
+        """Make the last completed step resumable (rank 0), so a rerun continues from it, and
+        count the records its steps used as trained (their claims are committed).
+
+        Returns:
+            The resumable checkpoint of the last completed step (``None`` when no step was
+            ever completed, or on ranks other than 0).
+
+        Raises:
+            CheckpointError: the state cannot be written.
+        """
+        if not self.is_main:
+            return None
+        step = self.global_step.get()
+        directory = step_dir(self.root, step)
+        if (directory / COMPLETE_MARKER).exists():
+            path: Path | None = directory
+        elif self.steps_done == 0 or not directory.is_dir():
+            return latest_checkpoint(self.root)
+        else:
+            path = complete_step(
+                self.root, self._state(step), self.config.keep_checkpoints, self.optimizer_dtype
+            )
+            self.logger.note(f"checkpoint {describe_checkpoint(path)}")
+        self.claimer.commit(step)
+        return path
 
     def _state(self, step: int) -> TrainerState:
         return TrainerState(
@@ -410,7 +450,9 @@ class Trainer:
         """
         started = time.monotonic()
         self.optimizer.zero_grad(set_to_none=True)
-        normalizer = loss_normalizer(self.config.loss_calculater, batch.loss_mask)
+        aggregation = self.config.loss_aggregation
+        normalizer = loss_normalizer(self.config.loss_calculater, batch.loss_mask, aggregation)
+        kl_normalizer = aggregation_normalizer(aggregation, batch.loss_mask)
         parts: list[dict[str, float]] = []
         weights: list[float] = []
         total_loss = 0.0
@@ -418,7 +460,7 @@ class Trainer:
         size = self.config.micro_batch_size
         for start in range(0, len(batch), size):
             micro = batch.slice(start, start + size).to(self.device)
-            out, extra = self._micro_step(micro, step, normalizer)
+            out, extra = self._micro_step(micro, step, normalizer, kl_normalizer)
             if out is None:
                 self.skipped_micro_batches.append(micro.record_ids)
                 continue
@@ -466,9 +508,12 @@ class Trainer:
         return bool(value.item())
 
     def _micro_step(
-        self, micro: TrainBatch, step: int, normalizer: float
+        self, micro: TrainBatch, step: int, normalizer: float, kl_normalizer: float = 1.0
     ) -> tuple[LossOutput | None, dict[str, float]]:
         """Forward + backward of one micro-batch at the sampling temperatures.
+
+        With ``kl_coef > 0`` the loss includes :func:`~agentrl.training.loss.kl_penalty` to the
+        reference model (normalized by ``kl_normalizer``).
 
         Returns:
             The loss output and extra metrics; ``(None, {})`` when the loss or its gradient
@@ -485,6 +530,10 @@ class Trainer:
             logprobs, old, micro.advantages, micro.loss_mask, staleness, self.loss_params,
             normalizer=normalizer,
         )
+        if self.ref_model is not None:  # KL to the reference policy (issue 12.6)
+            ref = model_logprobs(self.ref_model, micro)
+            kl = kl_penalty(logprobs, ref, micro.loss_mask, self.loss_params, kl_normalizer)
+            out = LossOutput(out.loss + kl.loss, {**out.metrics, **kl.metrics})
         (grad,) = torch.autograd.grad(out.loss, logprobs, retain_graph=True)  # (b, t)
         if not (torch.isfinite(out.loss) and torch.isfinite(grad).all()):
             log.error("skipping a micro-batch of records %s: loss %s, gradient finite: %s",
@@ -500,6 +549,13 @@ class Trainer:
         diff = (old - logprobs.detach()) * mask
         extra = {M.POLICY_BEHAVIOUR_KL: float(diff.sum().item() / max(mask.sum().item(), 1))}
         return out, extra
+
+
+def reference_model(model_dir: str | Path, device: torch.device) -> Any:
+    """A frozen float32 copy of the model in ``model_dir`` (the KL reference policy)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.to(device).eval().requires_grad_(False)
+    return model
 
 
 def model_logprobs(model: Any, batch: TrainBatch) -> torch.Tensor:

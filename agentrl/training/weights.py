@@ -27,6 +27,9 @@ SPLIT_LOCK_TTL_S = 600.0
 SPLIT_LOCK_WAIT_S = 60.0
 """Longest wait for the split lock (an epoch push in progress) before updating anyway."""
 
+SLOW_PUSH_S = 10.0
+"""A weight push longer than this (seconds) is reported as a warning, with its parts."""
+
 
 class WeightPublisher(Protocol):
     """Makes the inference services serve the weights in ``model_dir`` as version ``version``."""
@@ -59,7 +62,11 @@ class ManagerWeightPublisher:
         self.managers, self.dbs, self.split = list(managers), dbs, split
 
     def __call__(self, model_dir: Path, version: int) -> None:
-        """Update every service to ``model_dir`` as ``version`` (seconds logged)."""
+        """Update every service to ``model_dir`` as ``version``.
+
+        The duration is logged at INFO, or as a WARNING naming the wait for the split lock and
+        the load when the push took longer than :data:`SLOW_PUSH_S`.
+        """
         started = time.monotonic()
         lock = DistributedLock(
             self.dbs.redis, RedisKeys(self.dbs.config.key_prefix).lock(f"push_epoch:{self.split}"),
@@ -67,13 +74,20 @@ class ManagerWeightPublisher:
         held = lock.acquire(blocking=True, timeout_s=SPLIT_LOCK_WAIT_S)
         if not held:
             log.warning("split lock push_epoch:%s busy; updating weights anyway", self.split)
+        locked = time.monotonic()
         try:
             for manager in self.managers:
                 manager.update_weights(model_dir, version)
         finally:
             if held:
                 lock.release()
-        log.info(
-            "weights v%d pushed to %d service(s) in %.1f s",
-            version, len(self.managers), time.monotonic() - started,
-        )
+        total_s, lock_s = time.monotonic() - started, locked - started
+        if total_s > SLOW_PUSH_S:
+            log.warning(
+                "weight push v%d to %d service(s) took %.1f s (%.1f s waiting for the epoch "
+                "push lock, %.1f s loading; services hold new LLM calls meanwhile)",
+                version, len(self.managers), total_s, lock_s, total_s - lock_s,
+            )
+        else:
+            log.info("weights v%d pushed to %d service(s) in %.1f s",
+                     version, len(self.managers), total_s)

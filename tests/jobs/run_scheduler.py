@@ -14,6 +14,6 @@ if __name__ == "__main__":
     n_tasks = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     scheduler = SamplingScheduler(
         config=load_config(), sampler_class=RFTSampler, dataset=RFTDataset(make_items(n_tasks)),
-        split="train", timeout_s=240,
+        split="train", timeout_s=240, start_engine=False,
     )
     print(json.dumps(scheduler.run()))

@@ -22,7 +22,7 @@ def test_stateful_sampler_shares_state_one_at_a_time(
 ) -> None:
     config.num_generations = 3
     SamplingScheduler(config=config, sampler_class=CountingStatefulSampler,
-                      dataset=RFTDataset(make_items(2)), timeout_s=120).run()
+                      dataset=RFTDataset(make_items(2)), timeout_s=120, start_engine=False).run()
     for task in dbs.store.find(Task, {}):
         assert task.status == TaskStatus.COMPLETED
         assert sorted(task.state["seen"]) == [0, 1, 2]
@@ -37,7 +37,8 @@ def test_failed_run_is_resampled_and_failing_evaluation_leaves_the_group(
 ) -> None:
     config.num_generations, config.housekeeping_interval_s = 3, 1.0
     SamplingScheduler(config=config, sampler_class=FlakySampler,
-                      dataset=RFTDataset(make_items(1)), timeout_s=120).run()
+                      dataset=RFTDataset(make_items(1)), timeout_s=120,
+                      start_engine=False).run()
     records = {r.traj_id: r for r in dbs.store.find(Record, {})}
     assert records[0].attempt == 2 and records[0].score == 1.0
     assert records[0].error is None  # the successful second attempt replaced the failed one

@@ -38,7 +38,7 @@ def test_guide_example_in_process(config: AgentTrainingConfig, dbs: Databases) -
     config.num_train_epochs, config.num_generations = 2, 3
     scheduler = SamplingScheduler(
         config=config, sampler_class=RFTSampler, dataset=RFTDataset(make_items(4)),
-        split="train", timeout_s=120,
+        split="train", timeout_s=120, start_engine=False,
     )
     assert scheduler.run() == [1, 2]
     assert_epochs_sampled(dbs, n_tasks=4, epochs=2, generations=3)
@@ -53,7 +53,7 @@ def test_guide_example_separate_worker(
     try:
         scheduler = SamplingScheduler(
             config=config, sampler_class=RFTSampler, dataset=RFTDataset(make_items(3)),
-            split="train", timeout_s=120,
+            split="train", timeout_s=120, start_engine=False,
         )
         wait_for(scheduler.workers_alive, 60, "the worker to answer a ping")
         assert scheduler.run() == [1, 2]
@@ -67,7 +67,8 @@ def test_guide_example_separate_worker(
 def test_dataset_item_not_a_task(config: AgentTrainingConfig, dbs: Databases) -> None:
     items = [RFTDataset(make_items(2))[0], {"inputs": [], "target": "1"}]
     scheduler = SamplingScheduler(
-        config=config, sampler_class=RFTSampler, dataset=items, in_process_worker=False
+        config=config, sampler_class=RFTSampler, dataset=items, in_process_worker=False,
+        start_engine=False,
     )
     with pytest.raises(TypeError, match="dataset item 1 is a dict, not a Task"):
         scheduler.run()

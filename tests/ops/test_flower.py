@@ -59,7 +59,7 @@ def test_flower_lists_worker_and_finished_sampling_tasks(
                  90, "Flower to list the worker")
         scheduler = SamplingScheduler(
             config=config, sampler_class=RFTSampler, dataset=RFTDataset(make_items(2)),
-            split="train", in_process_worker=False, timeout_s=120,
+            split="train", in_process_worker=False, timeout_s=120, start_engine=False,
         )
         assert scheduler.run() == [1]
 

@@ -12,11 +12,14 @@ from agentrl.training.advantages import group_advantages, has_spread
 from agentrl.training.loss import (
     LOG_RATIO_LIMIT,
     LossParams,
+    cispo_loss,
     cross_entropy_loss,
     get_loss,
     grpo_loss,
     gspo_loss,
+    kl_penalty,
     loss_normalizer,
+    minirl_loss,
     token_logprobs,
     trust_window,
 )
@@ -131,6 +134,8 @@ def test_registry() -> None:
     assert get_loss("GRPO") is grpo_loss
     assert get_loss("GSPO") is gspo_loss
     assert get_loss("CrossEntropy") is cross_entropy_loss
+    assert get_loss("MINIRL") is minirl_loss
+    assert get_loss("CISPO") is cispo_loss
     with pytest.raises(UnknownLossError, match="registered"):
         get_loss("PPO2")
 
@@ -194,3 +199,137 @@ def test_reduce_metrics_is_nan_aware_and_weighted() -> None:
     assert out["a"] == pytest.approx(2.5)
     assert out["b"] == pytest.approx(2.0)
     assert math.isnan(reduce_metrics([{"c": math.nan}])["c"])
+
+
+def test_minirl_detached_capped_weight_drops_out_of_bound_tokens() -> None:
+    params = LossParams(epsilon=0.2, epsilon_higher=0.1, importance_weight_cap_ratio=5.0)
+    ratios = [1.5, 0.5, 1.1, 0.7, 8.0]
+    logp = _logp(ratios)
+    adv = torch.tensor([[1.0, -1.0, -1.0, 1.0, -1.0]])
+    out = minirl_loss(logp, torch.zeros(1, 5), adv, torch.ones(1, 5), torch.zeros(1, 5), params)
+    # window [0.8, 1.3]: t0 (1.5, A>0) and t1 (0.5, A<0) are out of bound and dropped; t3
+    # (0.7, A>0) and t4 (8, A<0) stay, t4 with its weight capped at 5; l_t = -w_t A_t log r_t
+    kept = 1.1 * math.log(1.1) - 0.7 * math.log(0.7) + 5.0 * math.log(8.0)
+    assert out.loss.item() == pytest.approx(kept / 3)
+    out.loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([0.0, 0.0, 1.1 / 3, -0.7 / 3, 5.0 / 3])
+    assert out.metrics["clip_ratio/low_mean"] == pytest.approx(1 / 5)
+    assert out.metrics["clip_ratio/high_mean"] == pytest.approx(1 / 5)
+    assert out.metrics["clip_ratio/region_mean"] == pytest.approx(2 / 5)
+    assert out.metrics["clip_ratio/capped_mean"] == pytest.approx(1 / 5)
+
+
+def test_cispo_clips_the_weight_but_keeps_every_gradient() -> None:
+    params = LossParams(cispo_epsilon_low=1.0, cispo_epsilon_high=0.28)
+    logp = _logp([2.0, 0.5, 1.1])
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    out = cispo_loss(logp, torch.zeros(1, 3), adv, torch.ones(1, 3), torch.zeros(1, 3), params)
+    # weights clip(r, 0, 1.28) = [1.28, 0.5, 1.1]; l_t = -w_t A_t log r_t
+    want = -1.28 * math.log(2.0) + 0.5 * math.log(0.5) - 1.1 * math.log(1.1)
+    assert out.loss.item() == pytest.approx(want / 3)
+    out.loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-1.28 / 3, 0.5 / 3, -1.1 / 3])
+    assert out.metrics["clip_ratio/high_mean"] == pytest.approx(1 / 3)
+    assert out.metrics["clip_ratio/low_mean"] == 0.0
+    lower = cispo_loss(_logp([0.5]), torch.zeros(1, 1), -torch.ones(1, 1), torch.ones(1, 1),
+                       torch.zeros(1, 1), LossParams(cispo_epsilon_low=0.2))
+    assert lower.loss.item() == pytest.approx(0.8 * math.log(0.5))  # weight clipped up to 0.8
+
+
+def test_sequence_aggregation_is_grpo_per_sequence_mean() -> None:
+    token = LossParams()
+    sequence = LossParams(loss_aggregation="sequence")
+    ratios = torch.tensor([[1.1, 1.2, 0.9], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    args = (torch.zeros(2, 3, dtype=torch.float64), adv, mask, torch.zeros(2, 3))
+    by_token = grpo_loss(torch.log(ratios), *args, token)
+    assert by_token.loss.item() == pytest.approx(-(1.1 + 1.2 + 0.9 - 1.0) / 4)
+    logp = torch.log(ratios).requires_grad_(True)
+    by_sequence = grpo_loss(logp, *args, sequence)
+    # (mean of sequence 0's objectives, 3.2/3, and sequence 1's, -1) / 2 sequences
+    assert by_sequence.loss.item() == pytest.approx(-((3.2 / 3) - 1.0) / 2)
+    by_sequence.loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-1.1 / 6, -1.2 / 6, -0.9 / 6])
+    assert logp.grad[1].tolist() == pytest.approx([0.5, 0.0, 0.0])
+    assert loss_normalizer("GRPO", mask, "sequence") == 2.0
+    assert loss_normalizer("GRPO", mask, "token") == 4.0
+    assert loss_normalizer("GSPO", mask, "token") == 2.0  # GSPO is per sequence either way
+    assert loss_normalizer("CrossEntropy", mask, "sequence") == 4.0
+    norm = loss_normalizer("MINIRL", mask, "sequence")
+    parts = sum(
+        minirl_loss(torch.log(ratios[i : i + 1]), *(a[i : i + 1] for a in args), sequence,
+                    norm).loss.item()
+        for i in range(2)
+    )
+    whole = minirl_loss(torch.log(ratios), *args, sequence).loss.item()
+    assert parts == pytest.approx(whole)
+
+
+def test_kl_penalty_k3() -> None:
+    params = LossParams(kl_coef=0.1)
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.3]])).requires_grad_(True)
+    ref = torch.log(torch.tensor([[0.25, 0.5, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    out = kl_penalty(logp, ref, mask, params)
+    # d = ref - logp: log 0.5 and log 2; k3 = e^d - d - 1
+    k3 = [0.5 - math.log(0.5) - 1.0, 2.0 - math.log(2.0) - 1.0]
+    assert out.loss.item() == pytest.approx(0.1 * sum(k3) / 2)
+    assert out.metrics["kl/ref_mean"] == pytest.approx(sum(k3) / 2)
+    out.loss.backward()
+    # d k3 / d logp = 1 - e^d
+    assert logp.grad[0].tolist() == pytest.approx([0.1 * 0.5 / 2, 0.1 * -1.0 / 2, 0.0])
+    same = kl_penalty(ref, ref, torch.ones(1, 3), params)
+    assert same.loss.item() == 0.0
+
+
+def _random_batch() -> tuple[torch.Tensor, ...]:
+    """(logp, old, adv, mask, staleness) of 2 x 4 float64 tokens, ratios near 1."""
+    generator = torch.Generator().manual_seed(2)
+    logp = -torch.rand(2, 4, generator=generator, dtype=torch.float64) - 0.1
+    old = logp + 0.3 * torch.randn(2, 4, generator=generator, dtype=torch.float64)
+    adv = torch.tensor([[1.0] * 4, [-0.5] * 4], dtype=torch.float64)
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    return logp, old, adv, mask, torch.zeros(2, 4)
+
+
+@pytest.mark.parametrize("loss", ["GRPO", "GSPO", "KL"])
+@pytest.mark.parametrize("aggregation", ["token", "sequence"])
+def test_gradients_match_finite_differences(loss: str, aggregation: str) -> None:
+    params = LossParams(
+        loss_aggregation=aggregation, kl_coef=0.3, gspo_epsilon=0.3, gspo_epsilon_higher=0.1
+    )
+    logp, old, adv, mask, stale = _random_batch()
+
+    def value(x: torch.Tensor) -> torch.Tensor:
+        if loss == "KL":
+            return kl_penalty(x, old, mask, params).loss
+        return get_loss(loss)(x, old, adv, mask, stale, params).loss
+
+    assert torch.autograd.gradcheck(value, (logp.clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("loss", ["MINIRL", "CISPO"])
+@pytest.mark.parametrize("aggregation", ["token", "sequence"])
+def test_detached_weight_gradients_are_the_weighted_policy_gradient(
+    loss: str, aggregation: str
+) -> None:
+    """With the weight detached, dL/dlogp_t = -w_t A_t m_t / N (token) or / (n_i N) (sequence),
+    where finite differences of the loss would also count the weight's change."""
+    params = LossParams(epsilon=0.2, epsilon_higher=0.08, loss_aggregation=aggregation)
+    logp, old, adv, mask, stale = _random_batch()
+    x = logp.clone().requires_grad_(True)
+    get_loss(loss)(x, old, adv, mask, stale, params).loss.backward()
+    ratio = torch.exp(logp - old)
+    if loss == "CISPO":
+        weight, kept = ratio.clamp(0.0, 1.28), mask
+    else:
+        out = ((ratio > 1.28) & (adv > 0)) | ((ratio < 0.8) & (adv < 0))
+        weight, kept = ratio.clamp(max=5.0), mask * (~out).double()
+    # the batch has tokens inside and outside the window (dropped by MINIRL, clipped by CISPO)
+    assert 0 < kept.sum() < mask.sum() or bool((weight * mask != ratio * mask).any())
+    if aggregation == "token":
+        scale = torch.full_like(mask, 1.0 / kept.sum().item())
+    else:
+        scale = 1.0 / kept.sum(-1, keepdim=True).clamp(min=1) / (kept.sum(-1) > 0).sum()
+    assert torch.allclose(x.grad, -weight * adv * kept * scale)

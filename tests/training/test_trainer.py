@@ -11,7 +11,12 @@ from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus
 from agentrl.errors import OrphanedRunStateError
 from agentrl.rollout.ledger import GlobalStep
-from agentrl.training.checkpoint import COMPLETE_MARKER, latest_checkpoint
+from agentrl.training.checkpoint import (
+    COMPLETE_MARKER,
+    checkpoint_size,
+    latest_checkpoint,
+    load_state,
+)
 from agentrl.training.datasets import DBRecordData, TrainTurn
 from agentrl.training.metrics import read_metrics
 from agentrl.training.tokenization import collate, tokenize_sample
@@ -147,3 +152,54 @@ def test_refuses_to_restart_from_base_over_an_earlier_runs_trained_records(
     with pytest.raises(OrphanedRunStateError, match="--fresh") as info:
         Trainer(config, dbs, show_progress=False)
     assert info.value.trained_records == 1 and info.value.db_name == config.db_name
+
+
+def test_stop_request_finishes_the_step_checkpoints_it_and_the_rerun_resumes(
+    config: AgentTrainingConfig, dbs: Databases
+) -> None:
+    """What a Ctrl-C during a step does (the driver calls request_stop from its handler)."""
+    config.train_batch_size = 2
+    config.checkpoint_every_steps = 4  # step 1 alone would not be resumable
+    config.keep_checkpoints = 1
+    trainer = Trainer(config, dbs, lambda d, v: trainer.request_stop(), show_progress=False)
+    store_group(dbs, trainer.tokenizer, "f-task", [1.0, 0.0])
+    store_group(dbs, trainer.tokenizer, "g-task", [0.0, 1.0])
+    history = trainer.train()  # the stop arrives while step 1 publishes: step 1 finishes
+    assert len(history) == 1 and GlobalStep(dbs).get() == 1
+    assert latest_checkpoint(trainer.root) is None
+    path = trainer.save_checkpoint_now()
+    assert path is not None and path.name == "step-000001"
+    assert latest_checkpoint(trainer.root) == path
+    moments = load_state(path).optimizer["state"][0]
+    assert moments["exp_avg"].dtype == torch.bfloat16  # checkpoint_optimizer_dtype default
+    _, optimizer_bytes = checkpoint_size(path)
+    params = sum(p.numel() for p in trainer.model.parameters())
+    assert optimizer_bytes < 2 * 2 * params * 1.05  # two bf16 moments per parameter
+
+    config.max_steps = 2
+    rerun = Trainer(config, dbs, show_progress=False)  # no refusal: a checkpoint is there
+    assert rerun.resumed_step == 1
+    assert len(rerun.train()) == 1 and GlobalStep(dbs).get() == 2
+
+
+def test_stop_request_ends_the_wait_without_a_step(
+    config: AgentTrainingConfig, dbs: Databases
+) -> None:
+    trainer = Trainer(config, dbs, show_progress=False)  # nothing READY: it would wait
+    trainer.request_stop()
+    assert trainer.wait_for_groups() == []
+    assert trainer.train() == [] and trainer.save_checkpoint_now() is None
+
+
+def test_kl_penalty_to_the_initial_model(config: AgentTrainingConfig, dbs: Databases) -> None:
+    config.kl_coef, config.learning_rate = 0.5, 1e-4
+    trainer = Trainer(config, dbs, show_progress=False)
+    assert trainer.ref_model is not None
+    assert not any(p.requires_grad for p in trainer.ref_model.parameters())
+    tok = trainer.tokenizer
+    samples = [_sample(tok, "#### 5", 1.0), _sample(tok, "The answer is 7.", -1.0)]
+    batch = collate([tokenize_sample(s, tok) for s in samples], tok.pad_token_id)
+    first = trainer.optimize(batch, step=0)
+    assert first["kl/ref_mean"] == pytest.approx(0.0, abs=1e-6)  # the policy is the reference
+    second = trainer.optimize(batch, step=0)
+    assert second["kl/ref_mean"] > 1e-6  # one step moved the policy away from it

@@ -95,7 +95,7 @@ def _add_info_routes(app: FastAPI, state: EngineState) -> None:
         return {"object": "list", "data": [{
             "id": state.served_model_name, "object": "model", "created": int(time.time()),
             "owned_by": "sglang", "root": state.served_model_name, "parent": None,
-            "max_model_len": runner.context_len,
+            "max_model_len": runner.context_length,
         }]}
 
     async def model_info() -> dict[str, Any]:

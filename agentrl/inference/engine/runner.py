@@ -131,6 +131,14 @@ def sample_next(
     return tokens, logprobs_all.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def context_length(model_config: Any, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The longest sequence the model takes, in tokens: ``max_position_embeddings`` of its
+    config (the tokenizer's ``model_max_length`` is a huge placeholder for many models), else
+    the tokenizer's value."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    return int(positions) if positions else int(tokenizer.model_max_length)
+
+
 class ModelRunner:
     """A causal LM and its tokenizer, decoding batches on the CPU (float32).
 
@@ -142,6 +150,9 @@ class ModelRunner:
             :meth:`resume` (SGLang's ``--enable-weights-cpu-backup``); without it, as SGLang's
             memory saver without a backup, resume does not bring them back (here: it loads the
             start model) while the weight version stays what it was.
+
+    Attributes:
+        context_length: the model's context length in tokens (:func:`context_length`).
 
     Raises:
         OSError: the directory has no loadable model.
@@ -163,8 +174,8 @@ class ModelRunner:
         self.model: Any | None = None
         self.lock = threading.RLock()
         self._load(self.model_path)
-        self.context_len: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.context_length = context_length(self.model.config, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else min(self.eos_ids or {0})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -16,6 +17,26 @@ from agentrl.inference.engine.scheduler import BatchScheduler
 from agentrl.inference.model_files import DEFAULT_MODEL_NAME, resolve_model_path
 
 log = logging.getLogger(__name__)
+
+
+class ReadyServer(uvicorn.Server):
+    """A uvicorn server that prints ``<url> ready`` on stdout once it accepts connections.
+
+    Args:
+        config: the uvicorn configuration.
+        banner: what is served (printed before the URL).
+    """
+
+    def __init__(self, config: uvicorn.Config, banner: str) -> None:
+        super().__init__(config)
+        self.banner = banner
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start listening, then say so (``CPU engine serving ... at http://host:port: ready``)."""
+        await super().startup(sockets)
+        if self.started:
+            url = f"http://{self.config.host}:{self.config.port}"
+            print(f"{self.banner} at {url}: ready", flush=True)
 
 
 def serve(
@@ -31,6 +52,9 @@ def serve(
     weights_cpu_backup: bool = False,
 ) -> None:
     """Load ``model`` and serve it on ``host:port`` until SIGINT/SIGTERM.
+
+    Prints ``CPU engine serving <name> (<path>) at http://<host>:<port>: ready`` on stdout once
+    the port accepts connections.
 
     Args:
         model: a local HF model directory; empty uses the cached SmolLM2-135M-Instruct.
@@ -56,8 +80,10 @@ def serve(
     scheduler.start()
     app = create_app(EngineState(runner, scheduler, served_model_name))
     log.info("CPU engine serving %s as %r on %s:%d", path, served_model_name, host, port)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = ReadyServer(config, f"CPU engine serving {served_model_name} ({path})")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        server.run()
     finally:
         scheduler.shutdown()
 
