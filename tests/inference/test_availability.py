@@ -11,7 +11,7 @@ import pytest
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, InferenceService, ServiceStatus
 from agentrl.inference.availability import sampling_inference, view_services
-from agentrl.inference.services import register_external_service, set_service_status
+from agentrl.inference.services import register_service, set_service_status
 from tests.conftest import free_port
 
 
@@ -26,7 +26,7 @@ def _leftover(dbs: Databases, name: str, age_s: float, status: ServiceStatus) ->
 def test_registered_but_none_up_is_said_within_seconds_with_the_fixes(
     config: AgentTrainingConfig, dbs: Databases, caplog: pytest.LogCaptureFixture
 ) -> None:
-    service = register_external_service(dbs.store, "http://10.9.9.9:8000", config.model_name)
+    service = register_service(dbs.store, "http://10.9.9.9:8000", config.model_name)
     set_service_status(dbs.store, service.name, ServiceStatus.DOWN)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="agentrl.inference.availability"):
@@ -52,7 +52,7 @@ def test_live_service_is_used_and_dead_leftovers_are_ignored(
         with sampling_inference(config, dbs, start_engine=False) as engine:
             assert engine is None
     assert caplog.records == []  # leftovers are not "services that are not UP"
-    register_external_service(dbs.store, "http://10.9.9.9:8000", config.model_name)
+    register_service(dbs.store, "http://10.9.9.9:8000", config.model_name)
     assert [s.kind for s in view_services(config, dbs).live] == ["external"]
     with sampling_inference(config, dbs) as engine:
         assert engine is None
