@@ -6,7 +6,8 @@ Two kinds share the mechanism:
 - **owned leases** (trajectories, stateful task locks): the member's owner token sits in a hash
   beside the set, and an optional payload (the JSON claim that restarts a trajectory) in a second
   hash. Taking one fails while another owner's lease is live; extending one fails once another
-  owner took it over, and the keeper then reports it lost. A member with no owner and a score
+  owner took it over (or, while Redis holds the run's state, once nobody owns it any more), and
+  the keeper then reports it lost. A member with no owner and a score
   in the past or near future is a claim waiting to be re-sent (see
   :meth:`LeaseKeeper.hand_back`); :func:`take_expired` collects those whose time has come.
 - **slots** (requests running on an inference service): a member per request, no owner. The
@@ -48,9 +49,10 @@ exclude each other too (KEYS: set, owners, payloads)."""
 
 _EXTEND = _NOW + """
 local out = {}
+local lost_redis = redis.call('EXISTS', KEYS[4]) == 0
 for i = 3, #ARGV, 2 do
   local owner = redis.call('HGET', KEYS[2], ARGV[i])
-  if owner == ARGV[1] or not owner then
+  if owner == ARGV[1] or (not owner and lost_redis) then
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i])
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
     if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
@@ -61,8 +63,10 @@ for i = 3, #ARGV, 2 do
 end
 return out
 """
-"""Extend owned leases (retaking those nobody owns: Redis lost them, or housekeeping handed them
-out and no new owner started yet); 0 for the ones another owner holds now."""
+"""Extend owned leases; 0 for the ones this owner lost. A lease nobody owns is retaken only while
+Redis lacks the run's ``alive`` marker (KEYS[4]): Redis came back empty and running attempts
+re-register before housekeeping rebuilds the claims. With the marker present, a missing owner
+means housekeeping handed the lease out (it lapsed) or a newer attempt finished: lost."""
 
 _RELEASE = _NOW + """
 if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[1] then return 0 end
@@ -128,11 +132,13 @@ class OwnedSet:
         leases: sorted set member → expiry (ms).
         owners: hash member → owner token.
         payloads: hash member → JSON payload (the claim), kept until the member is forgotten.
+        alive: the key whose absence says Redis lost the run's state (see ``_EXTEND``).
     """
 
     leases: str
     owners: str
     payloads: str
+    alive: str
 
     @property
     def keys(self) -> list[str]:
@@ -285,7 +291,7 @@ class LeaseKeeper:
                 args: list[str | int] = [self.token, self.ttl_ms]
                 for member, payload in members:
                     args += [member, payload]
-                await self._extend(keys=owned.keys, args=args, client=pipe)
+                await self._extend(keys=[*owned.keys, owned.alive], args=args, client=pipe)
             if slots:
                 await self._extend_slots(keys=[k for _, k in slots],
                                          args=[self.ttl_ms, *[m for m, _ in slots]], client=pipe)

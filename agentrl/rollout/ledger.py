@@ -138,14 +138,15 @@ class RedisKeys:
     def trajectories(self) -> OwnedSet:
         """Trajectory leases: record id → expiry, owner, claim JSON."""
         p = self.prefix
-        return OwnedSet(f"{p}:ledger:leases", f"{p}:ledger:owners", f"{p}:ledger:claims")
+        return OwnedSet(f"{p}:ledger:leases", f"{p}:ledger:owners", f"{p}:ledger:claims",
+                        self.alive)
 
     @property
     def task_locks(self) -> OwnedSet:
         """Stateful-task locks: task id → expiry, owner."""
         p = self.prefix
         return OwnedSet(f"{p}:ledger:task_locks", f"{p}:ledger:task_lock_owners",
-                        f"{p}:ledger:task_lock_payloads")
+                        f"{p}:ledger:task_lock_payloads", self.alive)
 
     @property
     def alive(self) -> str:

@@ -324,6 +324,7 @@ class AsyncSampler(ABC):
             await attempt.complete(score)
         except LeaseLostError as exc:
             logger.warning("%s", exc)
+            await self.context.ledger.release(attempt.claim)
         except Exception as exc:  # noqa: BLE001 - classified and recorded by the ledger
             await self._give_up(exc)
 

@@ -7,7 +7,8 @@ port.
 reply, can hold requests until a number of them has arrived (so routing decisions all happen
 before any request finishes), can fail the first requests of a service with a given HTTP status,
 and can answer them HTTP 200 with ``finish_reason: "abort"`` as SGLang does for an interrupted
-request. What it samples is :attr:`StubServer.script` (default: ``from <sid>`` as ids 11, 12, 13).
+request; :attr:`StubServer.outage` makes every service answer HTTP 500 (``"error"``) or nothing
+(``"hang"``, until it is cleared) and :attr:`StubServer.delay_s` delays every answer. What it samples is :attr:`StubServer.script` (default: ``from <sid>`` as ids 11, 12, 13).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class StubServer:
         self.abort: dict[str, int] = {}  # sid -> times to answer finish_reason "abort"
         self.replies: list[tuple[str, dict[str, Any]]] = []
         self.script: Script = default_script
+        self.delay_s = 0.0  # every answer waits this long (a trajectory that lasts)
+        self.outage: str | None = None  # "error": HTTP 500 to all; "hang": answer nothing
         self.hold_until = 0
         self._lock = threading.Lock()
         self._arrived = 0
@@ -74,8 +77,12 @@ class StubServer:
                 aborts = self.abort.get(sid, 0)
                 if aborts > 0:
                     self.abort[sid] = aborts - 1
-            if times > 0:
-                return JSONResponse({"error": "injected"}, status_code=status)
+            if times > 0 or self.outage == "error":
+                return JSONResponse({"error": "injected"}, status_code=status or 500)
+            while self.outage == "hang":
+                await asyncio.sleep(0.05)
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             while self.hold_until and not self._release.is_set():
                 await asyncio.sleep(0.01)
             content, prompt, ids, logprobs, finish = self.script(sid, body)

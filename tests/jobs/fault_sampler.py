@@ -2,7 +2,8 @@
 task field that makes it misbehave. Workers started by the tests import this module.
 
 Each trajectory counts its starts in Redis (``<prefix>:test:runs``, record id → starts), makes
-``calls`` chat calls (each answered by the stub after its delay), then, per the task's ``mode``:
+``calls`` chat calls (each answered by the stub after its delay), then, per the task's ``mode``
+(applied to every trajectory of the task, or only to ``poison_traj`` when it is set):
 
 - ``ok``: scores ``traj_id % 2`` (every group has spread);
 - ``kill``: SIGKILLs its own process on every attempt (a poison trajectory);
@@ -36,6 +37,7 @@ class FaultTask(Task):
 
     mode: str = "ok"
     calls: int = 2
+    poison_traj: int | None = None
 
 
 def fault_tasks(specs: list[dict[str, Any]]) -> str:
@@ -55,15 +57,23 @@ class FaultSampler(AsyncSampler):
         specs = json.loads(os.environ.get("FAULT_TASKS", '[{"mode": "ok"}]'))
         return [FaultTask(**spec) for spec in specs]
 
-    async def run(self) -> None:
+    def mode(self) -> str:
+        """This trajectory's mode (``ok`` for the task's other trajectories)."""
         task, record = self.task, self.record
+        assert isinstance(task, FaultTask) and record is not None
+        if task.poison_traj is not None and record.traj_id != task.poison_traj:
+            return "ok"
+        return task.mode
+
+    async def run(self) -> None:
+        task, record, mode = self.task, self.record, self.mode()
         assert isinstance(task, FaultTask) and record is not None
         client = aioredis.from_url(self.config.redis_url)
         try:
             await client.hincrby(f"{self.config.key_prefix}:test:runs", record.id, 1)
         finally:
             await client.aclose()
-        if task.mode == "kill":
+        if mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         answers = []
         for turn in range(task.calls):
@@ -71,19 +81,17 @@ class FaultSampler(AsyncSampler):
                 [{"role": "user", "content": f"{task.id} turn {turn}"}], max_tokens=8)
             answers.append(response["choices"][0]["message"]["content"])
         record.meta["answers"] = answers
-        if task.mode == "raise_run":
+        if mode == "raise_run":
             raise RuntimeError("the environment crashed")
-        if task.mode == "numpy":
+        if mode == "numpy":
             record.meta["stats"] = {"steps": numpy.int64(3), "reward": numpy.float32(0.5),
                                     "done": numpy.bool_(True), "trace": numpy.arange(4) * 1.5}
-        if task.mode == "big":
+        if mode == "big":
             record.meta["transcript"] = "x" * 20_000_000
-        if task.mode == "unstorable":
+        if mode == "unstorable":
             record.meta["result"] = {"ok": 1, "handle": object()}
 
     async def evaluate_record(self, record: Record) -> float:
-        task = self.task
-        assert isinstance(task, FaultTask)
-        if task.mode == "raise_eval":
+        if self.mode() == "raise_eval":
             raise ValueError("the grader exploded")
         return float(record.traj_id % 2)
