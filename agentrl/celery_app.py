@@ -156,7 +156,12 @@ def enqueue_claims(app: Celery, claims: Iterable[Claim]) -> int:
         The number of messages sent.
     """
     sent = 0
+    claims = list(claims)
     with app.producer_or_acquire() as producer:
+        for name in sorted({queue_for(c.split) for c in claims}):
+            # declared on every send: a Redis that came back empty has lost the bindings, and
+            # kombu's cache of declared queues does not know it
+            app.amqp.queues[name].bind(producer.channel).declare()
         for claim in claims:
             app.send_task(
                 SAMPLE_TASK, kwargs=claim.to_json(), queue=queue_for(claim.split),

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 import httpx
 import redis.asyncio as aioredis
+from pymongo.errors import PyMongoError
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
@@ -186,14 +187,22 @@ class Router:
         ]}
 
     async def live_services(self, model: str) -> list[InferenceService]:
-        """The UP services of ``model`` with a fresh heartbeat (cached :data:`SERVICE_CACHE_S`)."""
+        """The UP services of ``model`` with a fresh heartbeat (cached :data:`SERVICE_CACHE_S`;
+        while MongoDB does not answer, the last list seen)."""
         now = time.monotonic()
         cached = self._services.get(model)
         if cached is not None and now - cached[0] < SERVICE_CACHE_S:
             return cached[1]
         coll = self.store.collection(InferenceService)
-        services = [InferenceService.from_mongo(raw)
-                    async for raw in coll.find(self._live_filter(model))]
+        try:
+            services = [InferenceService.from_mongo(raw)
+                        async for raw in coll.find(self._live_filter(model))]
+        except PyMongoError:
+            if cached is None:
+                raise
+            log.warning("service registry unreachable; routing to the %d services last seen",
+                        len(cached[1]))
+            services = cached[1]  # MongoDB is down: the services themselves may well be up
         self._services[model] = (now, services)
         return services
 
