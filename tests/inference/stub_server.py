@@ -8,7 +8,8 @@ reply, can hold requests until a number of them has arrived (so routing decision
 before any request finishes), can fail the first requests of a service with a given HTTP status,
 and can answer them HTTP 200 with ``finish_reason: "abort"`` as SGLang does for an interrupted
 request; :attr:`StubServer.outage` makes every service answer HTTP 500 (``"error"``) or nothing
-(``"hang"``, until it is cleared) and :attr:`StubServer.delay_s` delays every answer. What it samples is :attr:`StubServer.script` (default: ``from <sid>`` as ids 11, 12, 13).
+(``"hang"``, until it is cleared) and :attr:`StubServer.delay_s` delays every answer. What it
+samples is :attr:`StubServer.script` (default: ``from <sid>`` as ids 11, 12, 13).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from agentrl.configs import AgentTrainingConfig
-from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus
+from agentrl.databases import Databases, DispatchedSamplingTask, ErrorKind, Record, RecordStatus
 from agentrl.errors import ToolServerUnavailableError
 from agentrl.inference.model_files import default_model_path
 from agentrl.inference.services import register_service
@@ -198,7 +198,9 @@ def test_a_server_that_cannot_come_back_fails_the_trajectory_as_infrastructure(
     sampler, record = run_trajectory(config, dbs, MCPTask(question="?", answers=["2"]))
     assert isinstance(sampler.failed, ToolServerUnavailableError)
     assert sampler.failed.server == "test"
-    assert record.status == RecordStatus.FAILED  # resampled later, never scored 0 now
+    # an infrastructure failure: handed back for a later attempt, never scored 0
+    assert record.status == RecordStatus.CREATED and record.score is None
+    assert record.error_kind == ErrorKind.INFRASTRUCTURE
     assert "ToolServerUnavailableError" in (record.error or "")
 
 

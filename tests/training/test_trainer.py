@@ -166,10 +166,11 @@ def test_stop_request_finishes_the_step_checkpoints_it_and_the_rerun_resumes(
     store_group(dbs, trainer.tokenizer, "g-task", [0.0, 1.0])
     history = trainer.train()  # the stop arrives while step 1 publishes: step 1 finishes
     assert len(history) == 1 and GlobalStep(dbs).get() == 1
-    assert latest_checkpoint(trainer.root) is None
-    path = trainer.save_checkpoint_now()
+    path = latest_checkpoint(trainer.root)  # train() made the last completed step resumable
     assert path is not None and path.name == "step-000001"
-    assert latest_checkpoint(trainer.root) == path
+    assert trainer.save_checkpoint_now() == path  # what the driver calls again: nothing new
+    used = dbs.store.collection(Record).count_documents({"trained_count": 1})
+    assert used == 2  # the step's records count as trained once it is checkpointed
     moments = load_state(path).optimizer["state"][0]
     assert moments["exp_avg"].dtype == torch.bfloat16  # checkpoint_optimizer_dtype default
     _, optimizer_bytes = checkpoint_size(path)
