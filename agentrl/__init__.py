@@ -3,28 +3,35 @@
 ``app`` is the Celery app, so ``celery -A agentrl worker`` and ``celery -A agentrl beat`` work with
 no other flags (configuration from ``$AGENTRL_CONFIG`` and ``AGENTRL_*``).
 
-One sampling job, from ``push_epoch`` to a READY Record:
+One sampling job, from ``push_epoch`` to a READY Record (the trajectory's life is the ledger's,
+:mod:`agentrl.rollout.ledger`):
 
 1. beat's :class:`beat.schedule.LocalScheduler` (or :meth:`SamplingScheduler.run`) calls
    :func:`agentrl.rollout.epochs.push_epoch` every ``beat_interval_s``: under the lock
    ``push_epoch:<split>`` it inserts the next epoch's Tasks and
-   :func:`agentrl.celery_app.enqueue_claims` sends one message per ``(task_id, traj_id)`` to the
-   ``sampling`` queue;
+   :func:`agentrl.rollout.ledger.open_claims` inserts one ``created`` Record per
+   ``(task_id, traj_id)`` and sends its claim to the ``sampling`` queue
+   (:func:`agentrl.celery_app.enqueue_claims`);
 2. a worker's pool thread runs :func:`workers.sampling.sample`, which hands the
    :class:`~agentrl.rollout.claims.Claim` to the process's event loop
-   (:meth:`workers.runtime.SamplingRuntime.run_claim`);
-3. ``async with Sampler(config, claim=claim)`` (:meth:`AsyncSampler.__aenter__`) takes the
-   trajectory's lease (:class:`~agentrl.rollout.leases.LeaseKeeper`), loads the Task and builds
-   the Record (id ``task_id:traj_id:epoch``);
+   (:meth:`agentrl.rollout.runtime.SamplingRuntime.submit`): once admitted, the trajectory's
+   lease is taken (:meth:`~agentrl.rollout.ledger.TrajectoryLedger.acquire`) and the message is
+   acknowledged;
+3. ``async with Sampler(config, claim=claim, context=...)`` (:meth:`AsyncSampler.__aenter__`)
+   starts the next attempt (:meth:`~agentrl.rollout.ledger.TrajectoryLedger.start`: ``attempt +=
+   1``, Record ``running``) and loads the Task;
 4. :meth:`AsyncSampler.run` samples, each LLM call through
-   :meth:`AsyncSampler.create_chat_completions` → ``Router.create_chat_completion`` (one
-   DispatchedSamplingTask per call);
-5. on exit :meth:`AsyncSampler.evaluate_record` scores it;
-   :func:`~agentrl.rollout.claims.write_record`,
-   :func:`~agentrl.rollout.claims.push_score` and, for the group's last trajectory,
-   :func:`~agentrl.rollout.claims.complete_group` mark the group READY (ABANDONED without spread);
-6. beat's housekeeping (:func:`agentrl.rollout.epochs.requeue_expired`) re-sends claims whose
-   lease expired (a killed worker); the trainer consumes READY records.
+   :meth:`AsyncSampler.create_chat_completions` → :meth:`Router.create_chat_completion
+   <agentrl.inference.routing.Router.create_chat_completion>` (one DispatchedSamplingTask per
+   call, written through the attempt: :meth:`~agentrl.rollout.ledger.Attempt.log_call`);
+5. on exit :meth:`AsyncSampler.evaluate_record` scores it and
+   :meth:`~agentrl.rollout.ledger.Attempt.complete` stores it ``scored`` (a write conditioned
+   on the attempt), sets the score in the task and, for the group's last trajectory, marks the
+   group READY (ABANDONED without spread); a failure goes to
+   :meth:`~agentrl.rollout.ledger.Attempt.fail` (retried, or FAILED out of its group);
+6. beat's housekeeping (:func:`agentrl.rollout.ledger.housekeep`) re-sends claims whose lease
+   lapsed (a dead or frozen worker) and due retries, and rebuilds claims from MongoDB after Redis
+   lost them; the trainer claims READY groups (:class:`agentrl.training.records.RecordClaimer`).
 """
 
 from agentrl.celery_app import app

@@ -171,6 +171,17 @@ def enqueue_claims(app: Celery, claims: Iterable[Claim]) -> int:
     return sent
 
 
+def purge_claims(app: Celery) -> int:
+    """Drop the messages waiting in the ``sampling`` queue (a run that ended: its unfinished
+    trajectories stay ``created`` Records, re-sent when the run is resumed).
+
+    Returns:
+        The number of messages dropped.
+    """
+    with app.connection_for_write() as conn:
+        return int(conn.default_channel.queue_purge(SAMPLING_QUEUE) or 0)
+
+
 def requested_pool(argv: Sequence[str]) -> str | None:
     """The pool a ``celery worker`` command line asks for (``-P x``, ``-Px``, ``--pool[=]x``).
 

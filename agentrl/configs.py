@@ -165,6 +165,12 @@ class AgentTrainingConfig(BaseSettings):
         description="Trajectories one sampling worker process runs at once (coroutines on its "
         "event loop, not threads).",
     )
+    evaluation_slots_per_process: int = Field(
+        8,
+        ge=1,
+        description="Trajectories of other splits (evaluations) one worker process runs besides "
+        "the training ones, so a training epoch never starves them.",
+    )
     sync_sampling: bool = Field(
         False, description="Sample the next epoch only after the trainer consumed this one."
     )

@@ -274,6 +274,21 @@ class ToolServerUnavailableError(InfrastructureError):
         super().__init__(f"MCP server {server!r} is unavailable: {reason}")
 
 
+class ForeignClaimError(NoTaskAvailableError, RolloutError):
+    """Raised when a sampling message names a trajectory this run's database does not hold (a
+    message of another run or database under the same key prefix, or left from before
+    ``--fresh``): it is acknowledged and dropped.
+
+    Attributes:
+        record_id: the Record identity the message names.
+    """
+
+    def __init__(self, record_id: str) -> None:
+        self.record_id = record_id
+        super().__init__(
+            f"no record {record_id} in this run's database: a message of another run; dropped")
+
+
 # --- rollout: osworld environments ---------------------------------------------------------------
 
 

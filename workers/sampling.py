@@ -43,12 +43,12 @@ def sample(self: Task, **claim: Any) -> str:
         ``started`` or ``leased``.
 
     Raises:
-        Reject: the worker is stopping; the message goes back to the queue.
+        Reject: the worker is stopping or full; the message goes back to the queue.
         UnknownSamplerError: no sampler of that name is registered in this worker.
     """
     outcome = runtime_for(self.app).submit(Claim.from_json(claim))
-    if outcome == "closing":
-        raise Reject("the worker is stopping", requeue=True)
+    if outcome in ("closing", "busy"):
+        raise Reject(f"not admitted ({outcome})", requeue=True)
     return outcome
 
 

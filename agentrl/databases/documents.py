@@ -409,3 +409,6 @@ class RunState(Document):
     pushed_epochs: dict[str, int] = Field(
         default_factory=dict, description="split → last epoch whose claims were all sent."
     )
+    training_finished: bool = Field(
+        False, description="The trainer is done (max_steps): no more train epochs are pushed."
+    )

@@ -11,8 +11,11 @@ The driver reads like the algorithm::
     Trainer(publish=ManagerWeightPublisher(engine)).train()   # until sampling has finished
     summary.json, reward.png                     # runs/<name>/
 
-Every child is stopped on exit, on an error and on Ctrl-C / SIGTERM. The first Ctrl-C / SIGTERM
-during training lets the step in progress finish and checkpoints it; a rerun resumes there.
+Every child is stopped on exit, on an error and on Ctrl-C / SIGTERM; the run's queued claims are
+then dropped (a resumed run sends its unfinished claims again at start), and a trainer that
+reached ``max_steps`` marks the run so that no beat pushes more training epochs. The first
+Ctrl-C / SIGTERM during training lets the step in progress finish and checkpoints it; a rerun
+resumes there.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from celery import Celery
 
+from agentrl.celery_app import enqueue_claims, make_app, purge_claims
 from agentrl.config_sections import DEPRECATED_KEYS, SECTIONS
 from agentrl.configs import CONFIG_ENV_VAR, ENV_NESTED_DELIMITER, AgentTrainingConfig, env_name
 from agentrl.databases import Databases, init_databases
@@ -45,7 +50,7 @@ from agentrl.driver.report import Invocation, plot_rewards, write_summary
 from agentrl.errors import ConfigError
 from agentrl.inference.manager import InferenceManager
 from agentrl.rollout.epochs import split_done
-from agentrl.rollout.ledger import GlobalStep, clear_run_keys
+from agentrl.rollout.ledger import GlobalStep, clear_run_keys, resend_unfinished
 from agentrl.training.checkpoint import checkpoint_root
 from agentrl.training.metrics import read_metrics
 from agentrl.training.trainer import Trainer
@@ -174,6 +179,7 @@ def run_main_job(
         EngineStartError: the inference engine did not start.
     """
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
+    app = make_app(config)
     check_train_file(config)
     check_datasets(config)
     run_dir = run_dir_of(config)
@@ -200,6 +206,8 @@ def run_main_job(
             if not external_workers:
                 children += start_children(config, dbs, config_file, log_dir)
                 watcher = ChildLogWatcher(children).start()
+            # a resumed run's queue was emptied when it ended: its unfinished claims go again
+            resend_unfinished(dbs, lambda claims: enqueue_claims(app, claims))
 
             def sampling_finished() -> bool:
                 for child in children:
@@ -231,9 +239,21 @@ def run_main_job(
         if watcher is not None:
             watcher.stop()
         if dbs is not None:
+            _purge(app)
             dbs.close()
         if redis_child is not None:
             redis_child.stop()
+
+
+def _purge(app: Celery) -> None:
+    """Drop the run's queued claims once it ends (a resume sends the unfinished ones again)."""
+    try:
+        dropped = purge_claims(app)
+    except Exception:  # noqa: BLE001 - the run's outcome matters more than a tidy queue
+        log.warning("could not empty the sampling queue", exc_info=True)
+        return
+    if dropped:
+        log.info("%d queued claims dropped; a resumed run sends them again", dropped)
 
 
 def start_children(

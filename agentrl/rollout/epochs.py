@@ -4,8 +4,8 @@
 
 1. under the Redis lock ``push_epoch:<split>`` (two beats or schedulers never push together),
 2. if the latest epoch of the split is finished (every task COMPLETED) and fewer than
-   ``num_train_epochs`` epochs (``eval_epochs`` for other splits) were pushed, and no more than
-   ``max_buffered_records`` READY records wait untrained,
+   ``num_train_epochs`` epochs (``eval_epochs`` for other splits) were pushed, no more than
+   ``max_buffered_records`` READY records wait untrained, and (train) the trainer is not done,
 3. it inserts the dataset's Tasks with ``split``, ``epoch``, ``index``, ``added_step`` (one bulk
    insert; ids ``<split>-e<epoch>-<index>`` so a retried push inserts nothing twice), and
 4. opens one claim per ``(task, traj_id)`` — ``num_generations`` per train task, 1 otherwise —
@@ -41,6 +41,7 @@ from agentrl.rollout.ledger import (
     open_claims,
     pushed_epoch,
     set_pushed_epoch,
+    training_finished,
 )
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ def push_epoch(
                 return None
             if latest >= target_epochs(config, split):
                 return None
+            if split == "train" and training_finished(dbs):
+                return None  # the trainer is done: more records would never be trained
             if split == "train" and waiting_ready_records(dbs) > config.max_buffered_records:
                 logger.info("not pushing %s epoch %d: too many READY records wait", split,
                             latest + 1)

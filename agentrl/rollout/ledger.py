@@ -10,8 +10,9 @@ the function that makes it):
    hashes) *before* the message is acknowledged, so the claim is always in the broker or under
    a lease. The process's :class:`~agentrl.rollout.leases.LeaseKeeper` extends it every
    ``heartbeat_interval_s``.
-3. **attempt** — :meth:`TrajectoryLedger.start`: one conditional upsert increments ``attempt``
-   and marks the Record ``running``. A final Record (a late redelivery) ends the start with
+3. **attempt** — :meth:`TrajectoryLedger.start`: one conditional update increments ``attempt``
+   and marks the Record ``running`` (a message naming no Record of this database is another
+   run's and is dropped). A final Record (a late redelivery) ends the start with
    :class:`~agentrl.errors.TrajectoryFinishedError` after making sure its outcome reached the
    group. Attempts count at start, so a worker killed on every attempt still reaches the cap.
 4. **calls** — :meth:`Attempt.log_call`: each DispatchedSamplingTask carries the attempt and goes
@@ -52,7 +53,7 @@ import httpx
 import redis
 import redis.asyncio as aioredis
 from pymongo import ReturnDocument
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -75,6 +76,7 @@ from agentrl.databases import (
 from agentrl.databases.objectstore import ObjectStore
 from agentrl.errors import (
     AgentEnvError,
+    ForeignClaimError,
     InferenceError,
     InferenceRequestError,
     InfrastructureError,
@@ -411,36 +413,28 @@ class TrajectoryLedger:
         Raises:
             TrajectoryFinishedError: the Record is final (its outcome was made sure to reach
                 the group), or this start exhausted the attempts (the Record is now FAILED).
+            ForeignClaimError: the run's database holds no such Record (a message of another
+                run): nothing was written.
         """
         record_id, now = claim.record_id, utcnow()
-        insert = record_class(
-            id=record_id, task_id=claim.task_id, traj_id=claim.traj_id, epoch=claim.epoch,
-            split=claim.split, sampler=claim.sampler, model=claim.model,
-            resample=claim.resample,
-        ).to_mongo()
         started = {
             "status": RecordStatus.RUNNING.value, "started_at": now, "updated_at": now,
             "worker": self.worker, "created_at_step": int(global_step), "finished_at": None,
             "meta": {}, "score": None, "token_exact": None, "_type": record_class.__name__,
         }
-        on_insert = {k: v for k, v in insert.items()
-                     if k not in started and k not in ("_id", "attempt")}
         coll = self.store.collection(Record)
-        try:
-            doc = await self._mongo(lambda: coll.find_one_and_update(
-                {"_id": record_id, "status": {"$nin": sorted(FINAL_RECORD_STATUSES)}},
-                {"$inc": {"attempt": 1}, "$set": started, "$setOnInsert": on_insert},
-                upsert=True, return_document=ReturnDocument.AFTER,
-            ))
-        except DuplicateKeyError:
-            doc = None
+        doc = await self._mongo(lambda: coll.find_one_and_update(
+            {"_id": record_id, "status": {"$nin": sorted(FINAL_RECORD_STATUSES)}},
+            {"$inc": {"attempt": 1}, "$set": started},
+            return_document=ReturnDocument.AFTER,
+        ))
         if doc is None:
             final = await self._mongo(lambda: coll.find_one({"_id": record_id}))
-            status = str((final or {}).get("status", "unknown"))
-            if final is not None:
-                await self._settle(final)
             await self.release(claim)
-            raise TrajectoryFinishedError(record_id, status)
+            if final is None:  # open_claims makes every Record before its message
+                raise ForeignClaimError(record_id)
+            await self._settle(final)
+            raise TrajectoryFinishedError(record_id, str(final.get("status")))
         attempt = Attempt(self, claim, int(doc["attempt"]), record_class.from_mongo(doc))
         if attempt.number > 1:
             await attempt.supersede_earlier(doc)
@@ -894,39 +888,69 @@ def _unfinished_tasks(dbs: Databases) -> list[dict[str, Any]]:
 
 def _rebuild_after_redis_loss(dbs: Databases, keys: RedisKeys, enqueue: Enqueue) -> int:
     """Re-send the claims Redis lost (see :func:`housekeep`). Returns how many."""
-    tasks = _unfinished_tasks(dbs)
-    if not tasks:
+    if not _unfinished_tasks(dbs):
         dbs.redis.set(keys.alive, "1")
         return 0
     first_seen = _redis_lost_since.setdefault(keys.prefix, time.monotonic())
     if time.monotonic() - first_seen < REBUILD_GRACE_FACTOR * dbs.config.heartbeat_interval_s:
         return 0
+    log.warning("Redis lost the run's ledger state: rebuilding the claims from MongoDB")
+    sent = resend_unfinished(dbs, enqueue)
+    _redis_lost_since.pop(keys.prefix, None)
+    return sent
+
+
+def resend_unfinished(dbs: Databases, enqueue: Enqueue) -> int:
+    """Send again every claim of an unfinished task whose Record is not final and not held by
+    a live lease (a run resumed after its queues were emptied, Redis lost them...).
+
+    Returns:
+        The number of claims sent.
+    """
+    keys = RedisKeys(dbs.config.key_prefix)
+    tasks = _unfinished_tasks(dbs)
     held = owned_members(dbs.redis, keys.trajectories)
     ids = [t["_id"] for t in tasks]
     records = {r["_id"]: r for r in dbs.store.collection(Record).find(
         {"task_id": {"$in": ids}},
         {"task_id": 1, "traj_id": 1, "epoch": 1, "split": 1, "sampler": 1, "model": 1,
-         "resample": 1, "status": 1})}
+         "resample": 1, "status": 1})} if ids else {}
     claims: list[Claim] = []
     missing: list[Claim] = []
     for task in tasks:
+        epoch = int(task.get("epoch", 0))
         for traj_id in range(int(task.get("num_generations", 1))):
-            record_id = Record.identity_id(task["_id"], traj_id, int(task.get("epoch", 0)))
+            record_id = Record.identity_id(task["_id"], traj_id, epoch)
             raw = records.get(record_id)
             if raw is None:
-                missing.append(Claim(task["_id"], traj_id, int(task.get("epoch", 0)),
-                                     str(task.get("split", "train")), str(task.get("sampler"))))
+                missing.append(Claim(task["_id"], traj_id, epoch, str(task.get("split", "train")),
+                                     str(task.get("sampler") or "")))
             elif raw.get("status") not in FINAL_RECORD_STATUSES and record_id not in held:
                 claims.append(claim_of(raw))
-    log.warning("Redis lost the run's ledger state: rebuilding %d claims from MongoDB",
-                len(claims) + len(missing))
-    if missing:
-        open_claims(dbs, missing, enqueue)
     if claims:
         enqueue(claims)
+    open_claims(dbs, missing, enqueue)
     dbs.redis.set(keys.alive, "1")
-    _redis_lost_since.pop(keys.prefix, None)
+    if claims or missing:
+        log.info("re-sent %d claims of unfinished tasks", len(claims) + len(missing))
     return len(claims) + len(missing)
+
+
+def training_finished(dbs: Databases) -> bool:
+    """Whether the trainer of the run is done (no more train epochs are pushed)."""
+    raw = dbs.store.collection(RunState).find_one({"_id": RUN_STATE_ID}, {"training_finished": 1})
+    return bool((raw or {}).get("training_finished"))
+
+
+def set_training_finished(dbs: Databases, finished: bool) -> None:
+    """Record that the trainer is done (``True``) or training again (``False``)."""
+    dbs.store.collection(RunState).update_one(
+        {"_id": RUN_STATE_ID},
+        {"$set": {"training_finished": bool(finished), "updated_at": utcnow()},
+         "$setOnInsert": {"_type": RunState.__name__, "created_at": utcnow(),
+                          "global_step": 0, "pushed_epochs": {}}},
+        upsert=True,
+    )
 
 
 def complete_stuck_groups(dbs: Databases) -> int:

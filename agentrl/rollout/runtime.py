@@ -8,9 +8,13 @@ loop, not an OS thread. Thousands of trajectories that mostly wait on HTTP share
 Redis, the ledger, the heartbeat and the router are opened once per process
 (:class:`~agentrl.rollout.sampler.SamplerContext`).
 
-Admission: at most ``max_concurrent_samples_per_process`` trajectories run at once, and, when
-inference services are registered for the model, a trajectory starts only while the requests
-running on the live services (their slot leases) are below ``target_concurrency`` per service.
+Admission: at most ``max_concurrent_samples_per_process`` training trajectories run at once, and
+``evaluation_slots_per_process`` more of other splits (evaluations are never starved by a
+training epoch); when inference services are registered for the model, a trajectory starts only
+while the requests running on the live services (their slot leases) are below
+``target_concurrency`` per service. A hand-off that is not admitted within
+:data:`HANDOFF_WAIT_S` returns ``busy`` and its message goes back to the queue, so the pool's
+threads keep taking messages of both queues.
 
 Stopping (:meth:`SamplingRuntime.close`): no new trajectory is admitted (a waiting hand-off
 returns ``closing`` and its message goes back to the queue), running ones get ``grace_s`` to
@@ -37,7 +41,12 @@ from redis.exceptions import RedisError
 
 from agentrl.celery_app import app_config, enqueue_claims
 from agentrl.configs import AgentTrainingConfig
-from agentrl.errors import RolloutError, TrajectoryFinishedError, TrajectoryLeasedError
+from agentrl.errors import (
+    ForeignClaimError,
+    RolloutError,
+    TrajectoryFinishedError,
+    TrajectoryLeasedError,
+)
 from agentrl.rollout.claims import Claim
 from agentrl.rollout.registry import get_sampler
 from agentrl.rollout.sampler import AsyncSampler, SamplerContext
@@ -48,6 +57,8 @@ ADMISSION_REFRESH_S = 1.0
 """Seconds a snapshot of the services' running requests is reused."""
 ADMISSION_POLL_S = 0.2
 """Seconds between admission checks while the process or the services are full."""
+HANDOFF_WAIT_S = 5.0
+"""Seconds a hand-off waits for admission before its message goes back to the queue."""
 LEASE_RETRY_MAX_S = 5.0
 """Longest pause between tries to take a lease while Redis does not answer."""
 UNSUPPORTED_POOLS = frozenset({"eventlet", "gevent"})
@@ -106,9 +117,13 @@ class Admission:
         self._open[model] = (now, is_open)
         return is_open
 
-    async def wait(self, model: str, closing: threading.Event) -> bool:
-        """Return True once a trajectory asking for ``model`` may start, False on closing."""
-        while not closing.is_set():
+    async def wait(
+        self, model: str, closing: threading.Event, timeout_s: float | None = None
+    ) -> bool:
+        """Return True once a trajectory asking for ``model`` may start; False on closing or
+        after ``timeout_s`` seconds."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not closing.is_set() and (deadline is None or time.monotonic() < deadline):
             try:
                 if await self._is_open(model):
                     return True
@@ -140,12 +155,14 @@ class SamplingRuntime:
         self.outcomes: collections.Counter[str] = collections.Counter()
         self._configs: dict[str, AgentTrainingConfig] = {}
         self._running: dict[str, asyncio.Task[str]] = {}
-        self.context, self.slots, self.admission = self._call(self._open(enqueue))
+        self.foreign = 0
+        self.context, self.admission = self._call(self._open(enqueue))
+        self.slots = {True: asyncio.Semaphore(self.config.max_concurrent_samples_per_process),
+                      False: asyncio.Semaphore(self.config.evaluation_slots_per_process)}
 
-    async def _open(self, enqueue: Any) -> tuple[SamplerContext, asyncio.Semaphore, Admission]:
+    async def _open(self, enqueue: Any) -> tuple[SamplerContext, Admission]:
         context = SamplerContext.open(self.config, enqueue)
-        return (context, asyncio.Semaphore(self.config.max_concurrent_samples_per_process),
-                Admission(context))
+        return context, Admission(context)
 
     def _call(self, coro: Any, timeout_s: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
@@ -160,8 +177,9 @@ class SamplingRuntime:
         admitted and leased).
 
         Returns:
-            ``started``, ``leased`` (another live attempt holds it) or ``closing`` (the runtime
-            is stopping: send the message back).
+            ``started``, ``leased`` (another live attempt holds it), ``busy`` (not admitted
+            within :data:`HANDOFF_WAIT_S`) or ``closing`` (the runtime is stopping); on the last
+            two the message goes back to the queue.
 
         Raises:
             UnknownSamplerError: the claim names no registered sampler.
@@ -186,18 +204,24 @@ class SamplingRuntime:
     async def _admit(self, claim: Claim) -> str:
         sampler_class = get_sampler(claim.sampler)
         config = self._config_for(claim)
-        await self.slots.acquire()
+        slots = self.slots[claim.split == "train"]
+        started = time.monotonic()
         try:
-            if not await self.admission.wait(config.model_name, self.closing):
-                self.slots.release()
-                return "closing"
+            await asyncio.wait_for(slots.acquire(), HANDOFF_WAIT_S)
+        except TimeoutError:
+            return "closing" if self.closing.is_set() else "busy"
+        try:
+            left_s = max(0.0, HANDOFF_WAIT_S - (time.monotonic() - started))
+            if not await self.admission.wait(config.model_name, self.closing, left_s):
+                slots.release()
+                return "closing" if self.closing.is_set() else "busy"
             if not await self._acquire_lease(claim):
-                self.slots.release()
+                slots.release()
                 return "leased"
         except BaseException:
-            self.slots.release()
+            slots.release()
             raise
-        task = self.loop.create_task(self._run(sampler_class, config, claim))
+        task = self.loop.create_task(self._run(sampler_class, config, claim, slots))
         self._running[claim.record_id] = task
         self.context.ledger.on_lost(claim.record_id, task.cancel)
         return "started"
@@ -226,7 +250,11 @@ class SamplingRuntime:
         return self._configs[claim.model]
 
     async def _run(
-        self, sampler_class: type[AsyncSampler], config: AgentTrainingConfig, claim: Claim
+        self,
+        sampler_class: type[AsyncSampler],
+        config: AgentTrainingConfig,
+        claim: Claim,
+        slots: asyncio.Semaphore,
     ) -> str:
         outcome = "error"
         try:
@@ -244,13 +272,18 @@ class SamplingRuntime:
             outcome = "leased"
         except TrajectoryFinishedError:
             outcome = "finished"
+        except ForeignClaimError as exc:
+            outcome = "foreign"
+            self.foreign += 1
+            if self.foreign == 1 or self.foreign % 1000 == 0:
+                log.warning("%s (%d such messages so far)", exc, self.foreign)
         except asyncio.CancelledError:
             outcome = "handed back"
         except Exception:  # noqa: BLE001 - one trajectory must not stop the process
             log.exception("trajectory %s could not run", claim.record_id)
         finally:
             self._running.pop(claim.record_id, None)
-            self.slots.release()
+            slots.release()
             self.outcomes[outcome] += 1
         return outcome
 

@@ -38,7 +38,7 @@ from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, Record
 from agentrl.errors import AlignmentError, OrphanedRunStateError, TrainingError
 from agentrl.inference.model_files import resolve_model_path
-from agentrl.rollout.ledger import GlobalStep
+from agentrl.rollout.ledger import GlobalStep, set_training_finished
 from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, outcome_rates
 from agentrl.training import metrics as M
 from agentrl.training.checkpoint import (
@@ -177,6 +177,7 @@ class Trainer:
                 raise OrphanedRunStateError(str(self.root), config.db_name, trained)
             self.global_step.set(0)
         if self.rank == 0:
+            set_training_finished(dbs, False)
             returned = self.claimer.return_all()  # claims of steps after the checkpoint
             if returned:
                 log.info("%d records claimed by steps after the checkpoint go back", returned)
@@ -225,6 +226,8 @@ class Trainer:
                     break
                 history.append(self.step(groups))
             self.save_checkpoint_now()
+            if self.is_main and not self.stop_requested:
+                set_training_finished(self.dbs, True)  # beat pushes no more training epochs
         finally:
             self.logger.close()
         return history

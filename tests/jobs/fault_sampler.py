@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import numpy
@@ -53,7 +54,11 @@ class FaultSampler(AsyncSampler):
 
     @classmethod
     def load_dataset(cls, config: AgentTrainingConfig, split: str) -> list[FaultTask]:
-        """The tasks of ``$FAULT_TASKS`` (one ``ok`` task when unset)."""
+        """Train: the tasks of ``$FAULT_TASKS`` (one ``ok`` task when unset); other splits:
+        one task per JSON line of ``eval_file``."""
+        if split != "train" and config.eval_file:
+            lines = Path(config.eval_file).read_text().splitlines()
+            return [FaultTask(**json.loads(line)) for line in lines if line.strip()]
         specs = json.loads(os.environ.get("FAULT_TASKS", '[{"mode": "ok"}]'))
         return [FaultTask(**spec) for spec in specs]
 

@@ -13,13 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.celery_app import requested_pool
+from agentrl import evaluate
+from agentrl.celery_app import enqueue_claims, make_app, requested_pool
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, ErrorKind, RecordStatus
+from agentrl.rollout.claims import Claim
 from agentrl.rollout.runtime import PoolNotSupportedError, check_pool
+from agentrl.status import queue_depths
 from agentrl.training.records import RecordClaimer
 from tests.inference.stub_server import StubServer
 from tests.jobs.drills import (
+    FAULT_MODULE,
     assert_consistent,
     count,
     drill_env,
@@ -199,3 +203,49 @@ def test_pools_that_patch_threads_are_refused_and_prefork_is_honoured() -> None:
     check_pool("threads")
     with pytest.raises(PoolNotSupportedError, match="prefork"):
         check_pool("gevent")
+
+
+def test_messages_of_another_run_are_dropped_with_one_warning(
+    config: AgentTrainingConfig, dbs: Databases, stub: StubServer, tmp_path: Path
+) -> None:
+    """Claims whose Records this database does not hold (another run under the same prefix,
+    or left from before --fresh) are acknowledged and dropped: one warning, nothing written."""
+    app = make_app(config)
+    foreign = [Claim(f"gone-{i}", 0, 1, "train", "fault") for i in range(30)]
+    enqueue_claims(app, foreign)
+    worker = start_celery("worker", tmp_path / "worker.log", **drill_env(config, []))
+    try:
+        wait_for(lambda: queue_depths(app) == {"sampling": 0, "evaluation": 0, "unacked": 0}
+                 and "such messages so far" in (tmp_path / "worker.log").read_text(), 90,
+                 "the worker to drop the foreign messages")
+    finally:
+        stop(worker)
+    text = (tmp_path / "worker.log").read_text()
+    assert text.count("a message of another run; dropped") == 1
+    assert records(dbs) == []
+
+
+def test_evaluation_is_not_starved_by_a_training_epoch(
+    config: AgentTrainingConfig, dbs: Databases, stub: StubServer, tmp_path: Path
+) -> None:
+    """Every training slot is taken by long trajectories and more wait in the queue; an
+    evaluation still runs on the reserved slots and returns within its timeout."""
+    stub.delay_s = 3.0
+    env = drill_env(config, [{"mode": "ok", "calls": 3}] * 6,
+                    AGENTRL_MAX_CONCURRENT_SAMPLES_PER_PROCESS="2")
+    worker = start_celery("worker", tmp_path / "worker.log", "-Q", "sampling,evaluation", **env)
+    beat = start_celery("beat", tmp_path / "beat.log", **env)
+    items = tmp_path / "eval.jsonl"
+    items.write_text("".join('{"mode": "ok", "calls": 1}\n' for _ in range(2)))
+    try:
+        wait_for(lambda: count(dbs, status="running") == 2 and count(dbs, status="created") >= 4,
+                 120, "the training slots full, more queued")
+        config.sampler_modules = FAULT_MODULE
+        summary = evaluate(sampler="fault", dataset=items, config=config, split="eval",
+                           poll_interval_s=0.5).get(timeout=60)
+        busy_training = count(dbs, split="train", status="running")
+    finally:
+        stop(beat)
+        stop(worker)
+    assert summary["count"] == summary["expected"] == 2 and summary["failures"] == 0
+    assert busy_training == 2  # training kept its slots meanwhile
