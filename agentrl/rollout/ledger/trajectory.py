@@ -1,39 +1,6 @@
-"""`TrajectoryLedger`: the one owner of a trajectory's life, and of every Redis key name.
-
-A trajectory is the Record ``task_id:traj_id:epoch``. Its life, step by step (each step names
-the function that makes it):
-
-1. **claim** — :func:`open_claims` (beat's epoch push, an evaluation) inserts the Record
-   ``created`` and sends one message per claim; Redis gets the run's ``alive`` marker.
-2. **lease** — :meth:`TrajectoryLedger.acquire`: a worker takes the trajectory's lease (a member
-   of the ``leases`` sorted set, expiry as score, its owner token and the JSON claim in two
-   hashes) *before* the message is acknowledged, so the claim is always in the broker or under
-   a lease. The process's :class:`~agentrl.rollout.leases.LeaseKeeper` extends it every
-   ``heartbeat_interval_s``.
-3. **attempt** — :meth:`TrajectoryLedger.start`: one conditional update increments ``attempt``
-   and marks the Record ``running`` (a message naming no Record of this database is another
-   run's and is dropped). A final Record (a late redelivery) ends the start with
-   :class:`~agentrl.errors.TrajectoryFinishedError` after making sure its outcome reached the
-   group. Attempts count at start, so a worker killed on every attempt still reaches the cap.
-4. **calls** — :meth:`Attempt.log_call`: each DispatchedSamplingTask carries the attempt and goes
-   ``pending → running → completed`` through the process's write buffer.
-5. **finish** — :meth:`Attempt.complete`: the outputs pass the storage boundary
-   (:mod:`agentrl.rollout.storable`), the Record becomes ``scored`` in one write conditioned on
-   the attempt (a stale copy's write matches nothing: :class:`~agentrl.errors.LeaseLostError`),
-   the score is set in the task (``scores.<traj_id>``) and the group's last member marks the
-   group ``ready`` (``abandoned`` without spread) and the task ``completed``.
-6. **failure** — :meth:`Attempt.fail` classifies the error (:func:`classify_failure`):
-   ``infrastructure`` is retried after a backoff and not charged to ``max_sample_attempts``;
-   ``sampler`` / ``invalid_output`` are retried while attempts remain
-   (``resample_error_records``), then the Record is ``failed``: it leaves its group, which
-   completes from the scored rest (``ready`` with at least two scores and spread).
-7. **requeue** — :func:`housekeep` (beat) re-sends claims whose lease lapsed (a dead or frozen
-   worker) and retries that are due, rebuilds the claims of unfinished epochs from MongoDB when
-   Redis came back empty, and completes groups whose last member died after scoring.
-
-Redis holds only what can be rebuilt (leases, queues, locks, the global step cache); MongoDB
-holds the Records, tasks, calls and the run state (:class:`GlobalStep`, pushed epochs).
-"""
+"""The worker side of the ledger: :class:`TrajectoryLedger` (leases, attempts, outcomes, on one
+process's event loop) and :class:`Attempt` (one start of a trajectory, the handle its sampler and
+the router write through)."""
 
 from __future__ import annotations
 
@@ -41,211 +8,53 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import random
-import socket
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-import redis
 import redis.asyncio as aioredis
 from pymongo import ReturnDocument
-from pymongo.errors import ConnectionFailure, PyMongoError
-from redis.exceptions import RedisError
+from pymongo.errors import ConnectionFailure
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
     FINAL_RECORD_STATUSES,
-    RUN_STATE_ID,
     AsyncMongoStore,
-    Databases,
     DispatchedSamplingTask,
     DispatchStatus,
     ErrorKind,
     Record,
     RecordStatus,
-    RunState,
     Task,
     TaskStatus,
     utcnow,
 )
 from agentrl.databases.objectstore import ObjectStore
 from agentrl.errors import (
-    AgentEnvError,
     ForeignClaimError,
-    InferenceError,
-    InferenceRequestError,
-    InfrastructureError,
     InvalidOutputError,
     LeaseLostError,
     TrajectoryFinishedError,
 )
 from agentrl.rollout.claims import Claim
-from agentrl.rollout.leases import LeaseKeeper, OwnedSet, owned_members, take_expired
+from agentrl.rollout.leases import LeaseKeeper, OwnedSet
+from agentrl.rollout.ledger.rules import (
+    RECORD_FIELDS,
+    Enqueue,
+    RedisKeys,
+    claim_of,
+    classify_failure,
+    group_outcome,
+    infrastructure_backoff_s,
+    outcome_update,
+    worker_name,
+)
 from agentrl.rollout.storable import check_document_size, to_storable
 from agentrl.rollout.writes import WriteBuffer
 from agentrl.training.datasets import is_token_exact
 
 log = logging.getLogger(__name__)
-
-SCORE_SPREAD_TOLERANCE = 1e-6
-"""Scores closer than this are the same score: a train group whose scores are all the same has
-no GRPO signal and is ABANDONED (the only tolerance; the trainer uses it too)."""
-
-INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
-    InferenceError, AgentEnvError, InfrastructureError, ConnectionError, TimeoutError,
-    PyMongoError, RedisError, httpx.TransportError,
-)
-"""Exceptions that mean something outside the sampler failed (see :func:`classify_failure`)."""
-
-INFRASTRUCTURE_BACKOFF_MAX_S = 300.0
-"""Longest wait before an infrastructure failure is retried, in seconds."""
-
-REBUILD_GRACE_FACTOR = 2.0
-"""After Redis comes back empty, housekeeping waits this many heartbeats before rebuilding
-claims, so that running workers first retake their leases."""
-
-_RECORD_FIELDS = frozenset(
-    {field.alias or name for name, field in Record.model_fields.items()})
-"""The stored names of the base Record's fields (the ledger's; a subclass's others are outputs)."""
-
-Enqueue = Callable[[list[Claim]], object]
-"""Sends claims as sampling messages (:func:`agentrl.celery_app.enqueue_claims`)."""
-
-
-# --- names and rules -----------------------------------------------------------------------------
-
-
-class RedisKeys:
-    """Every Redis key of a run, under its ``key_prefix``.
-
-    ``<p>:ledger:{leases,owners,claims}`` — trajectory leases (:class:`OwnedSet`);
-    ``<p>:ledger:task_locks:*`` — one-at-a-time locks of stateful tasks;
-    ``<p>:ledger:alive`` — set while Redis holds the run's ledger state (its absence means Redis
-    lost it); ``<p>:counter:global_step`` — cache of :class:`GlobalStep`;
-    ``<p>:lock:<name>`` — :class:`~agentrl.databases.DistributedLock` names;
-    ``<p>:service:<id>:requests`` — requests running on an inference service (slots);
-    ``<p>:sampling:paused`` — why sampling waits (service name → reason);
-    ``<p>:`` — the prefix of Celery's own keys (kombu ``global_keyprefix``).
-    """
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    @property
-    def trajectories(self) -> OwnedSet:
-        """Trajectory leases: record id → expiry, owner, claim JSON."""
-        p = self.prefix
-        return OwnedSet(f"{p}:ledger:leases", f"{p}:ledger:owners", f"{p}:ledger:claims",
-                        self.alive)
-
-    @property
-    def task_locks(self) -> OwnedSet:
-        """Stateful-task locks: task id → expiry, owner."""
-        p = self.prefix
-        return OwnedSet(f"{p}:ledger:task_locks", f"{p}:ledger:task_lock_owners",
-                        f"{p}:ledger:task_lock_payloads", self.alive)
-
-    @property
-    def alive(self) -> str:
-        """The marker that Redis holds this run's ledger state."""
-        return f"{self.prefix}:ledger:alive"
-
-    @property
-    def global_step(self) -> str:
-        """The cache of the global step (MongoDB's run state is the truth)."""
-        return f"{self.prefix}:counter:global_step"
-
-    def lock(self, name: str) -> str:
-        """The key of the distributed lock ``name``."""
-        return f"{self.prefix}:lock:{name}"
-
-    def service_slots(self, service_id: str) -> str:
-        """The sorted set of requests running on service ``service_id`` (member → expiry)."""
-        return f"{self.prefix}:service:{service_id}:requests"
-
-    @property
-    def sampling_paused(self) -> str:
-        """Hash service name → JSON reason, while calls wait for that service."""
-        return f"{self.prefix}:sampling:paused"
-
-    @property
-    def celery_prefix(self) -> str:
-        """The prefix of the broker's and result backend's keys."""
-        return f"{self.prefix}:"
-
-
-def has_spread(scores: Iterable[float]) -> bool:
-    """Whether at least two scores differ by more than :data:`SCORE_SPREAD_TOLERANCE`."""
-    values = list(scores)
-    return len(values) >= 2 and max(values) - min(values) > SCORE_SPREAD_TOLERANCE
-
-
-def group_outcome(task: dict[str, Any]) -> RecordStatus | None:
-    """The status a task's group gets once every trajectory has an outcome, else ``None``.
-
-    Args:
-        task: the raw task document (``scores``, ``failed``, ``num_generations``, ``split``).
-
-    Returns:
-        ``READY`` for splits other than train; for train ``READY`` when at least two scores
-        with spread remain after failures, else ``ABANDONED``; ``None`` while incomplete.
-    """
-    scores = task.get("scores") or {}
-    failed = task.get("failed") or {}
-    if len(set(scores) | set(failed)) < int(task.get("num_generations", 1)):
-        return None
-    if str(task.get("split", "train")) != "train":
-        return RecordStatus.READY
-    return RecordStatus.READY if has_spread(float(v) for v in scores.values()) else (
-        RecordStatus.ABANDONED)
-
-
-def classify_failure(exc: BaseException) -> ErrorKind:
-    """The kind of an attempt's failure (see :class:`~agentrl.databases.ErrorKind`).
-
-    A request the inference service refused for good (HTTP 4xx other than 408/429) is the
-    sampler's doing; connection errors, timeouts, 5xx, aborted replies, unreachable
-    environments, tools and judges (:class:`~agentrl.errors.InfrastructureError`) are
-    infrastructure; output that cannot be stored is ``invalid_output``; anything else raised
-    by ``run`` or ``evaluate_record`` is ``sampler``.
-    """
-    if isinstance(exc, InvalidOutputError):
-        return ErrorKind.INVALID_OUTPUT
-    if isinstance(exc, InferenceRequestError) and not exc.transient:
-        return ErrorKind.SAMPLER
-    if isinstance(exc, INFRASTRUCTURE_ERRORS):
-        return ErrorKind.INFRASTRUCTURE
-    return ErrorKind.SAMPLER
-
-
-def infrastructure_backoff_s(failures: int, base_s: float) -> float:
-    """Seconds before retrying after the ``failures``-th infrastructure failure: ``base_s``
-    doubled per failure, capped at :data:`INFRASTRUCTURE_BACKOFF_MAX_S`, with ±25 % jitter."""
-    delay = min(INFRASTRUCTURE_BACKOFF_MAX_S, base_s * 2 ** max(0, failures - 1))
-    return delay * random.uniform(0.75, 1.25)
-
-
-def worker_name() -> str:
-    """``host:pid`` of this process (stored on the Records it runs)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _outcome_update(traj_id: int, score: float | None, failed: ErrorKind | None) -> dict:
-    """The task update that records one trajectory's outcome (idempotent)."""
-    key = str(traj_id)
-    if failed is None:
-        return {"$set": {f"scores.{key}": float(score or 0.0), "updated_at": utcnow()},
-                "$unset": {f"failed.{key}": ""}}
-    return {"$set": {f"failed.{key}": failed.value, "updated_at": utcnow()},
-            "$unset": {f"scores.{key}": ""}}
-
-
-# --- the worker side (async) -----------------------------------------------------------------
 
 
 class TrajectoryLedger:
@@ -282,7 +91,7 @@ class TrajectoryLedger:
 
     # --- MongoDB with outages waited out ---------------------------------------------------------
 
-    async def _mongo(self, op: Callable[[], Any]) -> Any:
+    async def waiting_out_outages(self, op: Callable[[], Any]) -> Any:
         """Run a MongoDB operation, retrying connection failures for
         ``mongo_outage_timeout_s`` (a restart of the server is waited out)."""
         retrying = AsyncRetrying(
@@ -344,13 +153,13 @@ class TrajectoryLedger:
     async def load_task(self, task_id: str) -> dict[str, Any] | None:
         """Mark a task RUNNING (if it was CREATED) and return its stored document."""
         coll = self.store.collection(Task)
-        raw = await self._mongo(lambda: coll.find_one_and_update(
+        raw = await self.waiting_out_outages(lambda: coll.find_one_and_update(
             {"_id": task_id, "status": TaskStatus.CREATED.value},
             {"$set": {"status": TaskStatus.RUNNING.value, "updated_at": utcnow()}},
             return_document=ReturnDocument.AFTER,
         ))
         if raw is None:
-            raw = await self._mongo(lambda: coll.find_one({"_id": task_id}))
+            raw = await self.waiting_out_outages(lambda: coll.find_one({"_id": task_id}))
         return raw
 
     async def lock_task(self, task_id: str, poll_s: float) -> None:
@@ -365,12 +174,12 @@ class TrajectoryLedger:
     async def load_task_fresh(self, task_id: str) -> dict[str, Any] | None:
         """A stateful task's document as stored now, marked RUNNING unless completed."""
         coll = self.store.collection(Task)
-        raw = await self._mongo(lambda: coll.find_one_and_update(
+        raw = await self.waiting_out_outages(lambda: coll.find_one_and_update(
             {"_id": task_id, "status": {"$ne": TaskStatus.COMPLETED.value}},
             {"$set": {"status": TaskStatus.RUNNING.value, "updated_at": utcnow()}},
             return_document=ReturnDocument.AFTER,
         ))
-        return raw if raw is not None else await self._mongo(
+        return raw if raw is not None else await self.waiting_out_outages(
             lambda: coll.find_one({"_id": task_id}))
 
     async def save_task_state(self, task_id: str, state: dict[str, Any]) -> None:
@@ -379,7 +188,7 @@ class TrajectoryLedger:
                             threshold_bytes=self.config.externalize_threshold_bytes,
                             objects=self.objects)
         coll = self.store.collection(Task)
-        await self._mongo(lambda: coll.update_one(
+        await self.waiting_out_outages(lambda: coll.update_one(
             {"_id": task_id, "status": {"$ne": TaskStatus.COMPLETED.value}},
             {"$set": {"state": plain, "status": TaskStatus.WAITING.value,
                       "updated_at": utcnow()}},
@@ -423,13 +232,13 @@ class TrajectoryLedger:
             "meta": {}, "score": None, "token_exact": None, "_type": record_class.__name__,
         }
         coll = self.store.collection(Record)
-        doc = await self._mongo(lambda: coll.find_one_and_update(
+        doc = await self.waiting_out_outages(lambda: coll.find_one_and_update(
             {"_id": record_id, "status": {"$nin": sorted(FINAL_RECORD_STATUSES)}},
             {"$inc": {"attempt": 1}, "$set": started},
             return_document=ReturnDocument.AFTER,
         ))
         if doc is None:
-            final = await self._mongo(lambda: coll.find_one({"_id": record_id}))
+            final = await self.waiting_out_outages(lambda: coll.find_one({"_id": record_id}))
             await self.release(claim)
             if final is None:  # open_claims makes every Record before its message
                 raise ForeignClaimError(record_id)
@@ -470,8 +279,8 @@ class TrajectoryLedger:
             The group's status once complete (``READY`` / ``ABANDONED``), else ``None``.
         """
         coll = self.store.collection(Task)
-        task = await self._mongo(lambda: coll.find_one_and_update(
-            {"_id": task_id}, _outcome_update(traj_id, score, failed),
+        task = await self.waiting_out_outages(lambda: coll.find_one_and_update(
+            {"_id": task_id}, outcome_update(traj_id, score, failed),
             return_document=ReturnDocument.AFTER,
         ))
         if task is None:
@@ -485,13 +294,13 @@ class TrajectoryLedger:
             return None
         now = utcnow()
         records, tasks = self.store.collection(Record), self.store.collection(Task)
-        await self._mongo(lambda: records.update_many(
+        await self.waiting_out_outages(lambda: records.update_many(
             {"task_id": task["_id"], "epoch": task.get("epoch", 0),
              "status": RecordStatus.SCORED.value},
             {"$set": {"status": status.value, "updated_at": now}},
         ))
         if task.get("status") != TaskStatus.COMPLETED.value:
-            await self._mongo(lambda: tasks.update_one(
+            await self.waiting_out_outages(lambda: tasks.update_one(
                 {"_id": task["_id"]},
                 {"$set": {"status": TaskStatus.COMPLETED.value, "updated_at": now}}))
         return status
@@ -501,15 +310,6 @@ class TrajectoryLedger:
         with contextlib.suppress(Exception):
             await self.writes.aclose()
         await self.leases.aclose()
-
-
-def claim_of(raw: dict[str, Any]) -> Claim:
-    """The claim of a stored Record (its identity and how it is sampled)."""
-    return Claim(
-        task_id=str(raw["task_id"]), traj_id=int(raw["traj_id"]), epoch=int(raw["epoch"]),
-        split=str(raw.get("split", "train")), sampler=str(raw.get("sampler") or ""),
-        model=str(raw.get("model") or ""), resample=bool(raw.get("resample", True)),
-    )
 
 
 @dataclass
@@ -587,7 +387,7 @@ class Attempt:
              DispatchStatus.CANCELLED),
             ([DispatchStatus.COMPLETED.value], DispatchStatus.DROPPED),
         ):
-            await self.ledger._mongo(lambda s=statuses, n=new: calls.update_many(
+            await self.ledger.waiting_out_outages(lambda s=statuses, n=new: calls.update_many(
                 {**earlier, "status": {"$in": s}},
                 {"$set": {"status": n.value, "updated_at": now}}))
         if int(doc.get("failed_attempt") or 0) != self.number - 1:
@@ -608,7 +408,7 @@ class Attempt:
         update: dict[str, Any] = {"$set": {**fields, "updated_at": utcnow()}}
         if inc:
             update["$inc"] = inc
-        result = await self.ledger._mongo(lambda: coll.update_one(
+        result = await self.ledger.waiting_out_outages(lambda: coll.update_one(
             {"_id": self.record_id, "attempt": self.number}, update))
         if result.matched_count == 0:
             self.lost = True
@@ -618,7 +418,7 @@ class Attempt:
         """The sampler's outputs as they can be stored (the boundary check): ``meta`` and the
         fields a Record subclass adds."""
         doc = self.record.model_dump(by_alias=True, mode="python")
-        own = {k: v for k, v in doc.items() if k not in _RECORD_FIELDS}
+        own = {k: v for k, v in doc.items() if k not in RECORD_FIELDS}
         own["meta"] = self.record.meta
         outputs = {
             key: to_storable(value, record_id=self.record_id, path=key,
@@ -749,245 +549,3 @@ class Attempt:
         self.record.status = RecordStatus.FAILED
         await self.ledger.push_outcome(self.task_id, self.claim.traj_id, failed=kind)
         await self.ledger.release(self.claim)
-
-
-# --- the run side (sync: beat, schedulers, the trainer) ------------------------------------------
-
-
-class GlobalStep:
-    """The trainer's global step: stored in the run state (MongoDB), cached in Redis.
-
-    Args:
-        dbs: sync connections of the run.
-    """
-
-    def __init__(self, dbs: Databases) -> None:
-        self.dbs = dbs
-        self.key = RedisKeys(dbs.config.key_prefix).global_step
-        self.runs = dbs.store.collection(RunState)
-
-    def get(self) -> int:
-        """The current step (0 before the first); a Redis miss reloads it from MongoDB."""
-        cached = self.dbs.redis.get(self.key)
-        if cached is not None:
-            return int(cached)
-        raw = self.runs.find_one({"_id": RUN_STATE_ID}, {"global_step": 1})
-        value = int((raw or {}).get("global_step") or 0)
-        self.dbs.redis.set(self.key, value, nx=True)
-        return value
-
-    def set(self, value: int) -> None:
-        """Set the step (a fresh run, a resume from a checkpoint)."""
-        self.runs.update_one({"_id": RUN_STATE_ID},
-                             {"$set": {"global_step": int(value), "updated_at": utcnow()},
-                              "$setOnInsert": {"_type": RunState.__name__,
-                                               "created_at": utcnow(), "pushed_epochs": {}}},
-                             upsert=True)
-        self.dbs.redis.set(self.key, int(value))
-
-    def incr(self) -> int:
-        """Add one step (after a published optimizer step) and return the new value."""
-        raw = self.runs.find_one_and_update(
-            {"_id": RUN_STATE_ID},
-            {"$inc": {"global_step": 1}, "$set": {"updated_at": utcnow()},
-             "$setOnInsert": {"_type": RunState.__name__, "created_at": utcnow(),
-                              "pushed_epochs": {}}},
-            upsert=True, return_document=ReturnDocument.AFTER,
-        )
-        value = int(raw["global_step"])
-        self.dbs.redis.set(self.key, value)
-        return value
-
-
-def pushed_epoch(dbs: Databases, split: str) -> int:
-    """The last epoch of ``split`` whose claims were all sent (0 when none)."""
-    raw = dbs.store.collection(RunState).find_one({"_id": RUN_STATE_ID}, {"pushed_epochs": 1})
-    return int(((raw or {}).get("pushed_epochs") or {}).get(split, 0))
-
-
-def set_pushed_epoch(dbs: Databases, split: str, epoch: int) -> None:
-    """Record that every claim of ``split``/``epoch`` was sent."""
-    dbs.store.collection(RunState).update_one(
-        {"_id": RUN_STATE_ID},
-        {"$set": {f"pushed_epochs.{split}": int(epoch), "updated_at": utcnow()},
-         "$setOnInsert": {"_type": RunState.__name__, "created_at": utcnow(),
-                          "global_step": 0}},
-        upsert=True,
-    )
-
-
-def open_claims(dbs: Databases, claims: list[Claim], enqueue: Enqueue) -> int:
-    """Insert a ``created`` Record per claim (existing ones are kept) and send the claims.
-
-    Returns:
-        The number of messages sent.
-    """
-    if not claims:
-        return 0
-    now = utcnow()
-    dbs.store.insert_many([
-        Record(id=c.record_id, task_id=c.task_id, traj_id=c.traj_id, epoch=c.epoch,
-               split=c.split, sampler=c.sampler, model=c.model, resample=c.resample,
-               status=RecordStatus.CREATED, created_at=now, updated_at=now)
-        for c in claims
-    ])
-    dbs.redis.set(RedisKeys(dbs.config.key_prefix).alive, "1")
-    enqueue(claims)
-    return len(claims)
-
-
-@dataclass
-class Housekeeping:
-    """What one :func:`housekeep` pass did.
-
-    Attributes:
-        resent: claims re-sent (lapsed leases, due retries).
-        rebuilt: claims rebuilt from MongoDB after Redis came back empty.
-        groups_completed: groups completed whose last member died after scoring.
-    """
-
-    resent: int = 0
-    rebuilt: int = 0
-    groups_completed: int = 0
-
-
-_redis_lost_since: dict[str, float] = {}
-
-
-def housekeep(dbs: Databases, enqueue: Enqueue, complete_groups: bool = True) -> Housekeeping:
-    """One pass of the ledger's housekeeping (beat runs it every ``housekeeping_interval_s``).
-
-    1. lapsed leases and due retries are re-sent (work ∝ what expired);
-    2. when Redis lost the run's state (no ``alive`` marker while epochs are unfinished), the
-       claims of unfinished tasks whose Record is not final and not held are rebuilt from
-       MongoDB and re-sent — after ``REBUILD_GRACE_FACTOR`` heartbeats, so that running
-       workers first retake their leases;
-    3. groups whose every trajectory has an outcome but that are not completed are completed.
-    """
-    keys = RedisKeys(dbs.config.key_prefix)
-    done = Housekeeping()
-    payloads = take_expired(dbs.redis, keys.trajectories)
-    claims = [Claim.from_json(json.loads(p)) for p in payloads]
-    if claims:
-        log.warning("re-sending %d claims (lapsed leases or due retries)", len(claims))
-        enqueue(claims)
-        done.resent = len(claims)
-    if not dbs.redis.exists(keys.alive):
-        done.rebuilt = _rebuild_after_redis_loss(dbs, keys, enqueue)
-    if complete_groups:
-        done.groups_completed = complete_stuck_groups(dbs)
-    return done
-
-
-def _unfinished_tasks(dbs: Databases) -> list[dict[str, Any]]:
-    return list(dbs.store.collection(Task).find(
-        {"status": {"$ne": TaskStatus.COMPLETED.value}},
-        {"num_generations": 1, "scores": 1, "failed": 1, "split": 1, "epoch": 1, "sampler": 1,
-         "status": 1}))
-
-
-def _rebuild_after_redis_loss(dbs: Databases, keys: RedisKeys, enqueue: Enqueue) -> int:
-    """Re-send the claims Redis lost (see :func:`housekeep`). Returns how many."""
-    if not _unfinished_tasks(dbs):
-        dbs.redis.set(keys.alive, "1")
-        return 0
-    first_seen = _redis_lost_since.setdefault(keys.prefix, time.monotonic())
-    if time.monotonic() - first_seen < REBUILD_GRACE_FACTOR * dbs.config.heartbeat_interval_s:
-        return 0
-    log.warning("Redis lost the run's ledger state: rebuilding the claims from MongoDB")
-    sent = resend_unfinished(dbs, enqueue)
-    _redis_lost_since.pop(keys.prefix, None)
-    return sent
-
-
-def resend_unfinished(dbs: Databases, enqueue: Enqueue) -> int:
-    """Send again every claim of an unfinished task whose Record is not final and not held by
-    a live lease (a run resumed after its queues were emptied, Redis lost them...).
-
-    Returns:
-        The number of claims sent.
-    """
-    keys = RedisKeys(dbs.config.key_prefix)
-    tasks = _unfinished_tasks(dbs)
-    held = owned_members(dbs.redis, keys.trajectories)
-    ids = [t["_id"] for t in tasks]
-    records = {r["_id"]: r for r in dbs.store.collection(Record).find(
-        {"task_id": {"$in": ids}},
-        {"task_id": 1, "traj_id": 1, "epoch": 1, "split": 1, "sampler": 1, "model": 1,
-         "resample": 1, "status": 1})} if ids else {}
-    claims: list[Claim] = []
-    missing: list[Claim] = []
-    for task in tasks:
-        epoch = int(task.get("epoch", 0))
-        for traj_id in range(int(task.get("num_generations", 1))):
-            record_id = Record.identity_id(task["_id"], traj_id, epoch)
-            raw = records.get(record_id)
-            if raw is None:
-                missing.append(Claim(task["_id"], traj_id, epoch, str(task.get("split", "train")),
-                                     str(task.get("sampler") or "")))
-            elif raw.get("status") not in FINAL_RECORD_STATUSES and record_id not in held:
-                claims.append(claim_of(raw))
-    if claims:
-        enqueue(claims)
-    open_claims(dbs, missing, enqueue)
-    dbs.redis.set(keys.alive, "1")
-    if claims or missing:
-        log.info("re-sent %d claims of unfinished tasks", len(claims) + len(missing))
-    return len(claims) + len(missing)
-
-
-def training_finished(dbs: Databases) -> bool:
-    """Whether the trainer of the run is done (no more train epochs are pushed)."""
-    raw = dbs.store.collection(RunState).find_one({"_id": RUN_STATE_ID}, {"training_finished": 1})
-    return bool((raw or {}).get("training_finished"))
-
-
-def set_training_finished(dbs: Databases, finished: bool) -> None:
-    """Record that the trainer is done (``True``) or training again (``False``)."""
-    dbs.store.collection(RunState).update_one(
-        {"_id": RUN_STATE_ID},
-        {"$set": {"training_finished": bool(finished), "updated_at": utcnow()},
-         "$setOnInsert": {"_type": RunState.__name__, "created_at": utcnow(),
-                          "global_step": 0, "pushed_epochs": {}}},
-        upsert=True,
-    )
-
-
-def complete_stuck_groups(dbs: Databases) -> int:
-    """Complete the groups whose every trajectory has an outcome but whose task is not
-    COMPLETED (the last member died between its score and the group). Returns how many."""
-    completed = 0
-    for task in _unfinished_tasks(dbs):
-        status = group_outcome(task)
-        if status is None:
-            continue
-        dbs.store.collection(Record).update_many(
-            {"task_id": task["_id"], "epoch": task.get("epoch", 0),
-             "status": RecordStatus.SCORED.value},
-            {"$set": {"status": status.value, "updated_at": utcnow()}})
-        dbs.store.collection(Task).update_one(
-            {"_id": task["_id"]},
-            {"$set": {"status": TaskStatus.COMPLETED.value, "updated_at": utcnow()}})
-        completed += 1
-    return completed
-
-
-def failures_by_kind(dbs: Databases, split: str | None = None) -> dict[str, int]:
-    """FAILED Records per error kind (``agentrl status``)."""
-    match: dict[str, Any] = {"status": RecordStatus.FAILED.value}
-    if split is not None:
-        match["split"] = split
-    counts = {kind.value: 0 for kind in ErrorKind}
-    for row in dbs.store.collection(Record).aggregate([
-        {"$match": match}, {"$group": {"_id": "$error_kind", "n": {"$sum": 1}}},
-    ]):
-        counts[str(row["_id"])] = int(row["n"])
-    return counts
-
-
-def clear_run_keys(client: redis.Redis, prefix: str) -> int:
-    """Delete every Redis key of the run ``prefix`` (``agentrl run --fresh``). Returns how many."""
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    return len(keys)
