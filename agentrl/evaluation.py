@@ -15,12 +15,12 @@ One evaluation, step by step:
    external inference service serving ``model`` — the API key stays in MongoDB, never in a
    message — and sends one ``agentrl.evaluate`` message (id = the evaluation id) to the
    ``evaluation`` queue. It returns the Celery ``AsyncResult``.
-2. A worker runs :func:`workers.evaluation.evaluate_job`: it loads the dataset with the sampler's
-   ``load_dataset`` (``eval_file`` = the dataset path, read on the worker), inserts one Task per
-   item (ids ``evaluation-<id>-<index>``, the given split, epoch 0) and sends one
-   ``agentrl.evaluate_trajectory`` message per ``(task, traj_id)`` to the ``evaluation`` queue,
-   then re-schedules itself (``Task.retry``) every ``poll_interval_s`` — it holds no worker slot
-   while it waits.
+2. A worker runs :func:`workers.evaluation.evaluate_job`, which calls
+   :func:`dispatch_evaluation`: it loads the dataset with the sampler's ``load_dataset``
+   (``eval_file`` = the dataset path, read on the worker), inserts one Task per item (ids
+   ``evaluation-<id>-<index>``, the given split, epoch 0) and opens one claim per
+   ``(task, traj_id)`` on the ``evaluation`` queue; the job then re-schedules itself
+   (``Task.retry``) every ``poll_interval_s`` — it holds no worker slot while it waits.
 3. Workers run each trajectory with the registered sampler, asking for ``model`` (an ordinary
    sampling message whose claim names the model and ``resample: false``): a trajectory whose
    sampler fails is FAILED with its error, counted as a failure and as not correct (no
@@ -35,6 +35,7 @@ evaluations in ``agentrl status`` (epochs pushed by beat start at 1).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -48,9 +49,24 @@ from celery.result import AsyncResult
 from agentrl.celery_app import EVALUATION_QUEUE, app_config, make_app
 from agentrl.celery_app import app as default_app
 from agentrl.configs import AgentTrainingConfig
-from agentrl.databases import MongoStore, Record, RecordStatus, Task, TaskStatus, init_databases
-from agentrl.errors import EvaluationError
+from agentrl.databases import (
+    Databases,
+    MongoStore,
+    Record,
+    RecordStatus,
+    Task,
+    TaskStatus,
+    init_databases,
+    utcnow,
+)
+from agentrl.errors import AgentRLError, EvaluationError
 from agentrl.inference.services import register_service
+from agentrl.rollout.claims import Claim
+from agentrl.rollout.epochs import iter_dataset
+from agentrl.rollout.ledger import Enqueue, GlobalStep, open_claims
+from agentrl.rollout.registry import get_sampler
+
+log = logging.getLogger(__name__)
 
 EVALUATE_TASK = "agentrl.evaluate"
 """Name of the evaluation job (kwargs: an :class:`EvaluationSpec`)."""
@@ -272,3 +288,52 @@ def evaluate(
 def elapsed_since(deadline_at: float, max_wait_s: float) -> float:
     """Seconds since dispatch, from the job's deadline (UNIX s) and its ``max_wait_s``."""
     return max(0.0, time.time() - (deadline_at - max_wait_s))
+
+
+def dispatch_evaluation(dbs: Databases, spec: EvaluationSpec, enqueue: Enqueue) -> int:
+    """Insert the evaluation's tasks and open its claims (idempotent by id): ordinary sampling
+    messages on the ``evaluation`` queue naming ``spec.model``, never resampled.
+
+    Returns:
+        The number of trajectory messages sent.
+
+    Raises:
+        EvaluationError: unknown sampler, unreadable dataset, or an empty dataset.
+    """
+    try:
+        sampler_class = get_sampler(spec.sampler)
+        config = dbs.config.model_copy(update={"eval_file": spec.dataset})
+        dataset = sampler_class.load_dataset(config, spec.split)
+        items = list(iter_dataset(dataset, spec.limit))
+    except (AgentRLError, TypeError) as exc:
+        raise EvaluationError(spec.evaluation_id, f"cannot load {spec.dataset}: {exc}") from exc
+    if not items:
+        raise EvaluationError(spec.evaluation_id, f"dataset {spec.dataset} holds no task")
+    step, now = GlobalStep(dbs).get(), utcnow()
+    tasks = [
+        item.model_copy(update={
+            "id": spec.task_id(index), "split": spec.split, "epoch": EVALUATION_EPOCH,
+            "index": index, "added_step": step, "status": TaskStatus.CREATED,
+            "num_generations": spec.num_samples, "sampler": spec.sampler, "scores": {},
+            "created_at": now, "updated_at": now,
+        })
+        for index, item in items
+    ]
+    dbs.store.insert_many(tasks)  # type: ignore[arg-type]
+    claims = [
+        Claim(task.id, traj_id, EVALUATION_EPOCH, spec.split, spec.sampler, model=spec.model,
+              resample=False)
+        for task in tasks for traj_id in range(spec.num_samples)
+    ]
+    open_claims(dbs, claims, enqueue)
+    log.info("evaluation %s: %d tasks, %d trajectories sent", spec.evaluation_id, len(tasks),
+                len(claims))
+    return len(claims)
+
+
+def evaluation_tasks_open(store: MongoStore, spec: EvaluationSpec) -> int:
+    """Tasks of the evaluation not yet COMPLETED."""
+    return store.collection(Task).count_documents({
+        "_id": id_prefix_query(spec.task_prefix),
+        "status": {"$ne": TaskStatus.COMPLETED.value},
+    })

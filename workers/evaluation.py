@@ -27,21 +27,15 @@ from celery import Celery, Task, shared_task
 from celery.signals import worker_shutdown
 
 from agentrl.celery_app import app_config, enqueue_claims
-from agentrl.databases import Databases, TaskStatus, init_databases, utcnow
-from agentrl.databases import Task as TaskDocument
-from agentrl.errors import AgentRLError, EvaluationError
+from agentrl.databases import Databases, init_databases
 from agentrl.evaluation import (
     EVALUATE_TASK,
-    EVALUATION_EPOCH,
     EvaluationSpec,
+    dispatch_evaluation,
     elapsed_since,
-    id_prefix_query,
+    evaluation_tasks_open,
     summarize_evaluation,
 )
-from agentrl.rollout.claims import Claim
-from agentrl.rollout.epochs import iter_dataset
-from agentrl.rollout.ledger import GlobalStep, open_claims
-from agentrl.rollout.registry import get_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -67,54 +61,6 @@ def _close_all(**_: Any) -> None:
         dbs.close()
 
 
-def dispatch(app: Celery, dbs: Databases, spec: EvaluationSpec) -> int:
-    """Insert the evaluation's tasks and send its trajectory messages (idempotent by id).
-
-    Returns:
-        The number of trajectory messages sent.
-
-    Raises:
-        EvaluationError: unknown sampler, unreadable dataset, or an empty dataset.
-    """
-    try:
-        sampler_class = get_sampler(spec.sampler)
-        config = dbs.config.model_copy(update={"eval_file": spec.dataset})
-        dataset = sampler_class.load_dataset(config, spec.split)
-        items = list(iter_dataset(dataset, spec.limit))
-    except (AgentRLError, TypeError) as exc:
-        raise EvaluationError(spec.evaluation_id, f"cannot load {spec.dataset}: {exc}") from exc
-    if not items:
-        raise EvaluationError(spec.evaluation_id, f"dataset {spec.dataset} holds no task")
-    step, now = GlobalStep(dbs).get(), utcnow()
-    tasks = [
-        item.model_copy(update={
-            "id": spec.task_id(index), "split": spec.split, "epoch": EVALUATION_EPOCH,
-            "index": index, "added_step": step, "status": TaskStatus.CREATED,
-            "num_generations": spec.num_samples, "sampler": spec.sampler, "scores": {},
-            "created_at": now, "updated_at": now,
-        })
-        for index, item in items
-    ]
-    dbs.store.insert_many(tasks)  # type: ignore[arg-type]
-    claims = [
-        Claim(task.id, traj_id, EVALUATION_EPOCH, spec.split, spec.sampler, model=spec.model,
-              resample=False)
-        for task in tasks for traj_id in range(spec.num_samples)
-    ]
-    open_claims(dbs, claims, lambda batch: enqueue_claims(app, batch))
-    logger.info("evaluation %s: %d tasks, %d trajectories sent", spec.evaluation_id, len(tasks),
-                len(claims))
-    return len(claims)
-
-
-def tasks_open(dbs: Databases, spec: EvaluationSpec) -> int:
-    """Tasks of the evaluation not yet COMPLETED."""
-    return dbs.store.collection(TaskDocument).count_documents({
-        "_id": id_prefix_query(spec.task_prefix),
-        "status": {"$ne": TaskStatus.COMPLETED.value},
-    })
-
-
 @shared_task(name=EVALUATE_TASK, bind=True, acks_late=True, ignore_result=False,
              max_retries=None)
 def evaluate_job(self: Task, **job: Any) -> dict[str, Any]:
@@ -133,12 +79,12 @@ def evaluate_job(self: Task, **job: Any) -> dict[str, Any]:
     spec = EvaluationSpec.from_json(job)
     dbs = databases_for(self.app)
     if not spec.dispatched:
-        dispatch(self.app, dbs, spec)
+        dispatch_evaluation(dbs, spec, lambda claims: enqueue_claims(self.app, claims))
         later = EvaluationSpec.from_json({
             **spec.to_json(), "dispatched": True, "deadline_at": time.time() + spec.max_wait_s,
         })
         raise self.retry(kwargs=later.to_json(), countdown=spec.poll_interval_s)
-    if tasks_open(dbs, spec) and time.time() < spec.deadline_at:
+    if evaluation_tasks_open(dbs.store, spec) and time.time() < spec.deadline_at:
         raise self.retry(countdown=spec.poll_interval_s)
     return summarize_evaluation(
         dbs.store, spec, elapsed_s=elapsed_since(spec.deadline_at, spec.max_wait_s))
