@@ -206,10 +206,6 @@ class Router:
         self._services[model] = (now, services)
         return services
 
-    def forget_services(self) -> None:
-        """Drop the cached service lists (the next call reads the registry)."""
-        self._services.clear()
-
     async def acquire(
         self, model: str, deadline: float, give_back: str | None = None
     ) -> tuple[InferenceService, str]:

@@ -186,21 +186,6 @@ class SamplingRuntime:
         """
         return str(self._call(self._admit(claim)))
 
-    def run_claim(self, claim: Claim, timeout_s: float | None = None) -> str:
-        """Run one trajectory to its end (for callers that want the outcome: tests, tools).
-
-        Returns:
-            ``scored``, ``failed``, ``retried``, ``leased``, ``finished`` or ``closing``.
-        """
-        outcome = self.submit(claim)
-        if outcome != "started":
-            return outcome
-        task = self._running.get(claim.record_id)
-        if task is None:  # already over
-            return "finished"
-        return str(asyncio.run_coroutine_threadsafe(
-            asyncio.wait_for(asyncio.shield(task), timeout_s), self.loop).result())
-
     async def _admit(self, claim: Claim) -> str:
         sampler_class = get_sampler(claim.sampler)
         config = self._config_for(claim)

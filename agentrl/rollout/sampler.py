@@ -51,6 +51,7 @@ from agentrl.errors import (
 )
 from agentrl.inference.routing import Router
 from agentrl.rollout.claims import Claim
+from agentrl.rollout.leases import LeaseKeeper
 from agentrl.rollout.ledger import Attempt, Enqueue, TrajectoryLedger
 from agentrl.rollout.registry import sampler_name_of
 
@@ -116,7 +117,7 @@ class SamplerContext:
         return cls(config, store, aioredis.Redis(connection_pool=pool), enqueue)
 
     @property
-    def leases(self) -> Any:
+    def leases(self) -> LeaseKeeper:
         """The process's lease keeper (the ledger's)."""
         return self.ledger.leases
 

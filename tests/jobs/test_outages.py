@@ -79,12 +79,6 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.kill()
 
 
-@pytest.fixture
-def stub(config: AgentTrainingConfig, dbs: Databases) -> Iterator[StubServer]:
-    with StubServer() as server:
-        server.delay_s = 1.0
-        register_stub(dbs, server, config)
-        yield server
 
 
 def test_redis_restarted_empty_mid_epoch(

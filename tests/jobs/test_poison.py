@@ -5,10 +5,6 @@ a FAILED trajectory leaves its group, which completes from the rest; the epoch f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
     Databases,
@@ -20,16 +16,8 @@ from agentrl.databases import (
 from agentrl.databases.objectstore import internalize, is_ref
 from agentrl.rollout.scheduler import SamplingScheduler
 from tests.inference.stub_server import StubServer
-from tests.jobs.drills import assert_consistent, own_calls, records, register_stub
+from tests.jobs.drills import assert_consistent, own_calls, records
 from tests.jobs.fault_sampler import FaultSampler, FaultTask
-
-
-@pytest.fixture
-def stub(config: AgentTrainingConfig, dbs: Databases) -> Iterator[StubServer]:
-    with StubServer() as server:
-        register_stub(dbs, server, config)
-        yield server
-
 
 MODES = ["ok", "raise_run", "raise_eval", "numpy", "big", "unstorable"]
 
@@ -37,6 +25,7 @@ MODES = ["ok", "raise_run", "raise_eval", "numpy", "big", "unstorable"]
 def test_failures_are_classified_and_the_epoch_finishes(
     config: AgentTrainingConfig, dbs: Databases, stub: StubServer
 ) -> None:
+    stub.delay_s = 0.0
     config.num_generations, config.max_sample_attempts = 3, 2
     config.housekeeping_interval_s = 1.0
     stub.abort["llm"] = 2  # the first two replies are interrupted: retried, never stored

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,20 +28,12 @@ from tests.jobs.drills import (
     drill_env,
     epoch_finished,
     records,
-    register_stub,
 )
 from tests.jobs.helpers import start_celery, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def stub(config: AgentTrainingConfig, dbs: Databases) -> Iterator[StubServer]:
-    """The inference service of the drill: answers after 1 s, registered as an SGLang node."""
-    with StubServer() as server:
-        server.delay_s = 1.0
-        register_stub(dbs, server, config)
-        yield server
 
 
 def test_kill9_worker_mid_epoch_loses_and_duplicates_nothing(
