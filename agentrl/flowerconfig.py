@@ -8,9 +8,9 @@ Use it with::
 or set the same options as ``FLOWER_<OPTION>`` environment variables (``FLOWER_TASKS_COLUMNS``).
 The tasks page then shows each job's kwargs next to its name: a sampling job
 (``agentrl.sample``) shows its claim — ``task_id``, ``traj_id``, ``epoch``, ``split``,
-``sampler`` —, an evaluation trajectory (``agentrl.evaluate_trajectory``) the same plus ``model``
-and ``evaluation_id``, and an evaluation job (``agentrl.evaluate``, its uuid is the evaluation id)
-its sampler, dataset, model and split. Basic auth is documented in ``docs/flower.md``; never
+``sampler``, ``model``, ``resample`` (an evaluation's trajectories are claims of its tasks) —,
+and an evaluation job (``agentrl.evaluate``, its uuid is the evaluation id) its sampler, dataset,
+model and split. Basic auth is documented in ``docs/flower.md``; never
 leave Flower open without it (it can revoke and terminate tasks).
 """
 
