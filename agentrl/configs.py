@@ -377,6 +377,28 @@ class AgentTrainingConfig(BaseSettings):
     train_num_threads: int = Field(
         0, ge=0, description="Torch CPU threads of the trainer (0: torch's default, all cores)."
     )
+    data_parallel: Literal["auto", "fsdp", "ddp", "none"] = Field(
+        "auto",
+        description=(
+            "How trainer ranks share the model: fsdp (FSDP2: parameters, gradients and optimizer "
+            "state sharded), ddp (a full copy per rank), none (one process); auto: fsdp with "
+            "more than one rank, none with one."
+        ),
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute decoder-layer activations in backward (less memory, ~1/3 more "
+        "compute).",
+    )
+    fsdp_cpu_offload: bool = Field(
+        False,
+        description="fsdp: keep parameter shards, gradients and optimizer state in CPU memory.",
+    )
+    export_final_model: bool = Field(
+        True,
+        description="At the end of a run, save the final policy with save_pretrained to "
+        "<output_dir>/<name>/final_model.",
+    )
     max_train_seq_len: int = Field(
         4096, ge=16, description="Longest training sequence in tokens; longer ones are truncated."
     )

@@ -125,6 +125,7 @@ def save_step(
     state: TrainerState | None = None,
     keep: int = 2,
     optimizer_dtype: torch.dtype = torch.float32,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write step ``step``'s weights (and, when ``state`` is given, a resumable checkpoint).
 
@@ -136,6 +137,8 @@ def save_step(
         state: optimizer/scheduler/RNG state; ``None`` writes weights only.
         keep: resumable checkpoints to keep; older step directories are removed.
         optimizer_dtype: storage dtype of the optimizer moments (:func:`optimizer_storage_dtype`).
+        state_dict: the weights to save instead of ``model.state_dict()`` (the full state dict
+            gathered from sharded ranks).
 
     Returns:
         The step directory.
@@ -148,7 +151,7 @@ def save_step(
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if state is not None:
             _write_state(tmp, state, optimizer_dtype)
@@ -188,6 +191,24 @@ def complete_step(
         raise CheckpointError(str(directory), "no weights saved for this step")
     try:
         _write_state(directory, state, optimizer_dtype)
+    except OSError as exc:
+        raise CheckpointError(str(directory), f"cannot write: {exc}") from exc
+    _prune(root, keep, newest=directory)
+    return directory
+
+
+def mark_complete(root: Path, step: int, keep: int = 2) -> Path:
+    """Mark step ``step``'s directory resumable (its sharded state is written) and prune.
+
+    Returns:
+        The step directory.
+
+    Raises:
+        CheckpointError: the directory is missing or cannot be written.
+    """
+    directory = step_dir(root, step)
+    try:
+        (directory / COMPLETE_MARKER).write_text(str(step))
     except OSError as exc:
         raise CheckpointError(str(directory), f"cannot write: {exc}") from exc
     _prune(root, keep, newest=directory)

@@ -59,6 +59,11 @@ TRAIN_SKIPPED_RECORDS = "train/skipped_records"
 TRAIN_SKIPPED_MICRO_BATCHES = "train/skipped_micro_batches"
 TRAIN_TOKEN_EXACT_RATE = "train/token_exact_rate"
 OPTIM_STEP_APPLIED = "optim/step_applied"
+PERF_WEIGHT_SYNC_S = "perf/weight_sync_s"
+"""Seconds from the end of the optimizer step until every service serves the new weights
+(gathering the shards, writing the step's weights, every DP group's engine loading them)."""
+TRAIN_RANKS = "train/ranks"
+"""Trainer ranks (data-parallel processes) that took the step."""
 
 SHOWN_IN_PROGRESS = {
     "reward": REWARD_MEAN,

@@ -15,9 +15,13 @@ One step reads like the algorithm (:meth:`Trainer.train`)::
 step in progress, or at once while it waits for groups; :meth:`Trainer.save_checkpoint_now` then
 makes the last completed step resumable.
 
-Works as a single process on CPU (``agentrl train``) and under ``torchrun``: each rank claims its
-own groups, gradients are averaged by DistributedDataParallel, and rank 0 alone publishes,
-increments the global step, checkpoints and logs.
+Works as a single process on CPU (``agentrl train``) and as several ranks (``torchrun`` or
+``agentrl run --nproc-per-node N``): rank 0 claims the step's groups, tokenizes them and deals
+whole groups to the ranks by token count; every rank steps on its share with a global loss
+normalizer (:class:`~agentrl.training.optimization.PolicyOptimizer`, FSDP2 by default); the
+weights are gathered to rank 0, which writes them, and each DP group's engine owner loads them;
+checkpoints are sharded (:mod:`~agentrl.training.sharded_checkpoint`), written by every rank;
+rank 0 alone claims, commits, increments the global step and logs.
 """
 
 from __future__ import annotations
@@ -25,18 +29,23 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, Record
-from agentrl.errors import AlignmentError, OrphanedRunStateError, TrainingError
+from agentrl.errors import (
+    AlignmentError,
+    CheckpointError,
+    OrphanedRunStateError,
+    TrainingError,
+)
 from agentrl.inference.model_files import resolve_model_path
 from agentrl.rollout.ledger import GlobalStep, set_training_finished
 from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, outcome_rates
@@ -49,6 +58,7 @@ from agentrl.training.checkpoint import (
     describe_checkpoint,
     latest_checkpoint,
     load_state,
+    mark_complete,
     optimizer_storage_dtype,
     restore_rng,
     rng_state,
@@ -56,40 +66,34 @@ from agentrl.training.checkpoint import (
     step_dir,
 )
 from agentrl.training.datasets import get_record_converter
-from agentrl.training.loss import (
-    LOG_RATIO_LIMIT,
-    LossOutput,
-    LossParams,
-    aggregation_normalizer,
-    get_loss,
-    kl_penalty,
-    loss_normalizer,
-    token_logprobs,
+from agentrl.training.distributed import (
+    any_rank,
+    barrier,
+    broadcast_object,
+    deal_batch,
+    full_state_dict,
+    init_distributed,
+    share_batches,
 )
-from agentrl.training.metrics import MetricsLogger, reduce_metrics
+from agentrl.training.metrics import MetricsLogger
+from agentrl.training.optimization import PolicyOptimizer, model_logprobs
 from agentrl.training.records import ClaimedGroup, RecordClaimer
+from agentrl.training.sharded_checkpoint import (
+    is_sharded,
+    load_full_optimizer,
+    load_sharded,
+    save_sharded,
+)
 from agentrl.training.tokenization import TrainBatch, collate, tokenize_sample
 from agentrl.training.trackers import open_trackers
 from agentrl.training.weights import WeightPublisher, no_publish
 
 log = logging.getLogger(__name__)
 
-_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
-_UNBOUNDED_STEPS = 1_000_000
+__all__ = ["Trainer", "default_device", "init_distributed", "model_logprobs", "reference_model"]
 
-
-def init_distributed() -> tuple[int, int]:
-    """Join the torchrun process group when launched by torchrun.
-
-    Returns:
-        ``(rank, world_size)``; ``(0, 1)`` for a plain single process.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+FINAL_MODEL_DIR = "final_model"
+"""Where the final policy is exported (``save_pretrained``) under ``<output_dir>/<name>``."""
 
 
 def default_device() -> torch.device:
@@ -99,14 +103,15 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-class Trainer:
+class Trainer(PolicyOptimizer):
     """GRPO-family training on the READY records of a run.
 
     Args:
         config: the run configuration (training section).
         dbs: connections (records, dispatch logs, the global step counter).
         publish: called with ``(model_dir, version)`` after each step to update the inference
-            services; the default publishes nothing.
+            services; the default publishes nothing. With several ranks every rank calls its
+            own (a no-op on ranks that own no engine).
         sampling_finished: returns True once no more records will become READY (then the
             trainer trains what is left and stops); ``None``: never finished, wait for
             ``max_steps``.
@@ -139,33 +144,24 @@ class Trainer:
         base_dir = resolve_model_path(config.model_name_or_path)
         model_dir = resume_from or base_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        self.model.to(self.device).train()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         # --- firsthour: checkpoint dtype, KL reference, stop flag (issue 15 / 12.6) ---
         self.optimizer_dtype = optimizer_storage_dtype(config.checkpoint_optimizer_dtype)
-        self.ref_model = reference_model(base_dir, self.device) if config.kl_coef > 0 else None
+        ref_model = reference_model(base_dir, self.device) if config.kl_coef > 0 else None
         self.stop_requested = False
         # --- end firsthour ---
-        self.module: Any = self.model
-        if self.world_size > 1:
-            self.module = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        pad_id = self.tokenizer.pad_token_id
+        super().__init__(
+            config, model, self.device, ref_model=ref_model,
+            pad_id=pad_id if pad_id is not None else self.tokenizer.eos_token_id,
         )
-        self.scheduler = get_scheduler(
-            _SCHEDULES[config.lr_schedule],
-            self.optimizer,
-            num_warmup_steps=config.lr_warmup_steps,
-            num_training_steps=config.max_steps or _UNBOUNDED_STEPS,
-        )
-        self.loss_fn = get_loss(config.loss_calculater)
-        self.loss_params = LossParams.from_config(config)
+        self.sharded = self.world_size > 1  # checkpoints by torch.distributed.checkpoint
+        self.batch_sequences = 0
         self.converter = get_record_converter(config.record_converter)
         self.claimer = RecordClaimer(config, dbs)
         self.global_step = GlobalStep(dbs)
         self.steps_done = 0
         self.skipped_records = 0
-        self.skipped_micro_batches: list[list[str]] = []
         self.resumed_step: int | None = None
         if resume_from is not None:
             self._resume(resume_from)
@@ -187,7 +183,7 @@ class Trainer:
             trackers=open_trackers(config) if self.is_main else (),
             start_step=self.resumed_step or 0,
         )
-        self._counts = self.claimer.rollout_counts()
+        self._counts = self.claimer.rollout_counts() if self.is_main else None
 
     @property
     def metrics_path(self) -> Path:
@@ -195,17 +191,26 @@ class Trainer:
         return Path(self.config.output_dir) / self.config.name / "metrics.jsonl"
 
     def _resume(self, path: Path) -> None:
-        """Restore optimizer, scheduler, RNG and the global step from checkpoint ``path``."""
-        state = load_state(path)
-        self.optimizer.load_state_dict(state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
-        restore_rng(state.rng)
+        """Restore optimizer, scheduler, RNG and the global step from checkpoint ``path``
+        (sharded or one-rank, written by any number of ranks)."""
+        if is_sharded(path):
+            step = load_sharded(path, self.module, self.optimizer, self.scheduler)
+        else:
+            state = load_state(path)
+            if self.world_size > 1:
+                load_full_optimizer(self.model, self.optimizer, state.optimizer)
+            else:
+                self.optimizer.load_state_dict(state.optimizer)
+            self.scheduler.load_state_dict(state.scheduler)
+            restore_rng(state.rng)
+            step = state.step
         # the global step counts the optimizer steps in the served weights: steps after the
         # checkpoint (weights-only, not resumable) are lost, so the counter goes back with them
         if self.rank == 0:
-            self.global_step.set(state.step)
-        self.resumed_step = state.step
-        log.info("resumed from %s (step %d)", path, state.step)
+            self.global_step.set(step)
+        barrier()
+        self.resumed_step = step
+        log.info("resumed from %s (step %d)", path, step)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -216,32 +221,79 @@ class Trainer:
             The metrics of each step taken by this call.
         """
         history: list[dict[str, float]] = []
-        if self.resumed_step is not None and self.is_main:
+        if self.resumed_step is not None and (self.is_main or self.world_size > 1):
             self.publish(step_dir(self.root, self.resumed_step), self.global_step.get())
         try:
-            while not self._reached_max_steps() and not self.stop_requested:
-                groups = self.wait_for_groups()
-                if not self._all_ranks_have(groups):
-                    self.claimer.give_back(r for g in groups for r in g.records)
-                    break
-                history.append(self.step(groups))
+            if self.world_size > 1:
+                history = self._train_ranks()
+            else:
+                while not self._reached_max_steps() and not self.stop_requested:
+                    groups = self.wait_for_groups()
+                    if not groups:
+                        break
+                    history.append(self.step(groups))
             self.save_checkpoint_now()
+            self.export_final_model()
             if self.is_main and not self.stop_requested:
                 set_training_finished(self.dbs, True)  # beat pushes no more training epochs
         finally:
             self.logger.close()
         return history
 
+    def _train_ranks(self) -> list[dict[str, float]]:
+        """The loop of several ranks: they agree to go on, rank 0 claims and deals the batch,
+        every rank steps on its share."""
+        history: list[dict[str, float]] = []
+        while not any_rank(self._reached_max_steps() or self.stop_requested, self.device):
+            groups = self.wait_for_groups() if self.is_main else []
+            share = self._deal(groups)
+            if share is None:  # rank 0 has nothing left (sampling finished, or a stop)
+                break
+            history.append(self.step(groups, share))
+        return history
+
+    def _deal(self, groups: list[ClaimedGroup]) -> TrainBatch | None:
+        """This rank's share of rank 0's ``groups`` (``None`` on every rank when rank 0 has
+        none).
+
+        Rank 0 builds the batch and deals whole groups by token count; when building fails
+        there, every rank raises (rank 0 the error itself, the others a TrainingError naming
+        it), so no rank waits in a collective for it.
+
+        Raises:
+            AlignmentError: (rank 0) every record failed to line up.
+            TrainingError: no record produced a trainable sequence.
+        """
+        shares: list[Any] | None = None
+        error: BaseException | None = None
+        if self.is_main:
+            if not groups:
+                shares = [None] * self.world_size
+            else:
+                try:
+                    batch = self.build_batch(groups)
+                    self.batch_sequences = len(batch)
+                    shares = deal_batch(batch, self._group_of_rows(groups, batch),
+                                        self.world_size)
+                except (AlignmentError, TrainingError) as exc:
+                    self.claimer.give_back(r for g in groups for r in g.records)
+                    error, shares = exc, [f"rank 0 could not build the batch: {exc}"] * (
+                        self.world_size)
+        share = share_batches(shares)
+        if error is not None:
+            raise error
+        if isinstance(share, str):
+            raise TrainingError(share)
+        return share
+
+    @staticmethod
+    def _group_of_rows(groups: list[ClaimedGroup], batch: TrainBatch) -> list[int]:
+        """The group index of each row of ``batch`` (rows name their record)."""
+        group_of_record = {r.id: i for i, g in enumerate(groups) for r in g.records}
+        return [group_of_record[record_id] for record_id in batch.record_ids]
+
     def _reached_max_steps(self) -> bool:
         return bool(self.config.max_steps) and self.global_step.get() >= self.config.max_steps
-
-    def _all_ranks_have(self, groups: list[ClaimedGroup]) -> bool:
-        """Whether every rank has a batch (ranks step together or stop together)."""
-        if self.world_size == 1:
-            return bool(groups)
-        flag = torch.tensor([1 if groups else 0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
 
     def wait_for_groups(self) -> list[ClaimedGroup]:
         """Claim groups until ``train_batch_size`` records are held or sampling has finished.
@@ -294,8 +346,13 @@ class Trainer:
             "abandoned; more generations per task or an easier dataset give spread."
         )
 
-    def step(self, groups: list[ClaimedGroup]) -> dict[str, float]:
+    def step(self, groups: list[ClaimedGroup], share: TrainBatch | None = None) -> dict[str, float]:
         """One optimizer step on ``groups``, then publish, count, checkpoint and log.
+
+        Args:
+            groups: the claimed groups (rank 0's; empty on other ranks).
+            share: with several ranks, this rank's part of the batch (from rank 0's deal);
+                ``None``: build the batch of ``groups`` here.
 
         Returns:
             The step's metrics (also written to the JSONL file).
@@ -304,12 +361,15 @@ class Trainer:
         step = self.global_step.get()
         records = [r for g in groups for r in g.records]
         try:
-            batch = self.build_batch(groups)
+            batch = share if share is not None else self.build_batch(groups)
             metrics = self.optimize(batch, step)
         except BaseException:
             self.claimer.give_back(records)
             raise
-        if self.is_main:
+        synced = time.monotonic()
+        if self.world_size > 1:
+            self._publish_ranks(step + 1)
+        else:
             new_step = step + 1
             checkpointing = new_step % self.config.checkpoint_every_steps == 0
             state = self._state(new_step) if checkpointing else None
@@ -323,9 +383,10 @@ class Trainer:
             self.global_step.incr()
             if checkpointing:
                 self.claimer.commit(new_step)
-        if self.world_size > 1:
-            dist.barrier()
+        metrics[M.PERF_WEIGHT_SYNC_S] = time.monotonic() - synced
         self.steps_done += 1
+        if not self.is_main:
+            return metrics
         scores = [float(r.score or 0.0) for r in records]
         metrics.update(self._rollout_metrics(groups))
         metrics[M.REWARD_MEAN] = sum(scores) / len(scores)
@@ -336,12 +397,76 @@ class Trainer:
         metrics[M.ADVANTAGE_ABS_MEAN] = sum(abs(r.advantage or 0.0) for r in records) / len(records)
         metrics[M.TRAIN_RECORDS] = float(len(records))
         metrics[M.TRAIN_GROUPS] = float(len(groups))
-        metrics[M.TRAIN_SEQUENCES] = float(len(batch))
+        sequences = self.batch_sequences if share is not None else len(batch)
+        metrics[M.TRAIN_SEQUENCES] = float(sequences)
         metrics[M.TRAIN_SKIPPED_RECORDS] = float(self.skipped_records)
         metrics[M.PERF_STEP_TIME_S] = time.monotonic() - started
         if self.is_main:
             self.logger.log(step + 1, metrics)
         return metrics
+
+    def _publish_ranks(self, new_step: int) -> None:
+        """After a multi-rank step: gather the weights to rank 0, which writes them; every rank
+        writes its shards when checkpointing; every DP group's engine owner loads the weights;
+        then rank 0 counts the step (and commits its claims when checkpointed)."""
+        checkpointing = new_step % self.config.checkpoint_every_steps == 0
+        weights = full_state_dict(self.module, self.data_parallel)  # rank 0: full, CPU
+        model_dir = step_dir(self.root, new_step)
+        if self.is_main:
+            save_step(self.root, new_step, self.model, self.tokenizer, None,
+                      self.config.keep_checkpoints, state_dict=weights)
+        del weights
+        barrier()
+        if checkpointing:
+            self._checkpoint_ranks(new_step)
+        self.publish(model_dir, new_step)  # each engine owner loads the weights
+        barrier()
+        if self.is_main:
+            self.global_step.incr()
+            if checkpointing:
+                self.claimer.commit(new_step)
+        barrier()
+
+    def _checkpoint_ranks(self, step: int) -> Path:
+        """Write every rank's shards of step ``step`` (its weights exist) and mark it resumable."""
+        directory = step_dir(self.root, step)
+        save_sharded(directory, self.module, self.optimizer, self.scheduler, step)
+        if self.is_main:
+            mark_complete(self.root, step, self.config.keep_checkpoints)
+            self.logger.note(f"checkpoint {describe_checkpoint(directory)}")
+        barrier()
+        return directory
+
+    def export_final_model(self) -> Path | None:
+        """Save the final policy with ``save_pretrained`` (and the tokenizer) to
+        ``<output_dir>/<name>/final_model`` (config ``export_final_model``).
+
+        Every rank must call it with several ranks (the weights are gathered).
+
+        Returns:
+            The directory on rank 0 (``None`` on other ranks, when turned off, or when no step
+            was taken by this run).
+
+        Raises:
+            CheckpointError: the directory cannot be written.
+        """
+        if not self.config.export_final_model or self.steps_done == 0:
+            return None
+        weights = full_state_dict(self.module, self.data_parallel)
+        if not self.is_main:
+            return None
+        target = Path(self.config.output_dir) / self.config.name / FINAL_MODEL_DIR
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        except OSError as exc:
+            raise CheckpointError(str(target), f"cannot write: {exc}") from exc
+        self.logger.note(f"final policy saved to {target}")
+        return target
 
     def _rollout_metrics(self, groups: list[ClaimedGroup]) -> dict[str, float]:
         """Correct / well-formed rates of the records that finished since the last step."""
@@ -375,6 +500,8 @@ class Trainer:
         Raises:
             CheckpointError: the state cannot be written.
         """
+        if self.world_size > 1:
+            return self._save_checkpoint_ranks()
         if not self.is_main:
             return None
         step = self.global_step.get()
@@ -388,6 +515,24 @@ class Trainer:
                 self.root, self._state(step), self.config.keep_checkpoints, self.optimizer_dtype
             )
             self.logger.note(f"checkpoint {describe_checkpoint(path)}")
+        self.claimer.commit(step)
+        return path
+
+    def _save_checkpoint_ranks(self) -> Path | None:
+        """:meth:`save_checkpoint_now` of several ranks (every rank must call it)."""
+        step = self.global_step.get()
+        directory = step_dir(self.root, step)
+        complete = (directory / COMPLETE_MARKER).exists()
+        needed = not complete and self.steps_done > 0 and directory.is_dir()
+        complete, needed = broadcast_object((complete, needed))  # rank 0 decides
+        if needed:
+            path = self._checkpoint_ranks(step)
+        elif complete:
+            path = directory
+        else:
+            return latest_checkpoint(self.root) if self.is_main else None
+        if not self.is_main:
+            return None
         self.claimer.commit(step)
         return path
 
@@ -435,137 +580,9 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id
         return collate(tokenized, pad_id if pad_id is not None else self.tokenizer.eos_token_id)
 
-    def optimize(self, batch: TrainBatch, step: int) -> dict[str, float]:
-        """One AdamW step on ``batch`` (gradient accumulation over micro-batches).
-
-        A micro-batch whose loss, or whose gradient with respect to the policy's logprobs, is
-        not finite is skipped (counted in ``train/skipped_micro_batches``, logged with its
-        record ids, kept in :attr:`skipped_micro_batches`). The step is not applied
-        (``optim/step_applied`` 0, gradients dropped) when the total gradient norm is not finite
-        or every micro-batch was skipped.
-
-        Args:
-            batch: the padded batch, ``(B, T)`` tensors.
-            step: the global step of the weights being trained (for staleness).
-
-        Returns:
-            Loss, clip, staleness, optimizer and throughput metrics.
-        """
-        started = time.monotonic()
-        self.optimizer.zero_grad(set_to_none=True)
-        aggregation = self.config.loss_aggregation
-        normalizer = loss_normalizer(self.config.loss_calculater, batch.loss_mask, aggregation)
-        kl_normalizer = aggregation_normalizer(aggregation, batch.loss_mask)
-        parts: list[dict[str, float]] = []
-        weights: list[float] = []
-        total_loss = 0.0
-        self.skipped_micro_batches = []
-        size = self.config.micro_batch_size
-        for start in range(0, len(batch), size):
-            micro = batch.slice(start, start + size).to(self.device)
-            out, extra = self._micro_step(micro, step, normalizer, kl_normalizer)
-            if out is None:
-                self.skipped_micro_batches.append(micro.record_ids)
-                continue
-            total_loss += float(out.loss.detach().item())
-            parts.append({**out.metrics, **extra})
-            weights.append(float(micro.loss_mask.sum().item()))
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        lr = float(self.scheduler.get_last_lr()[0])
-        applied = self._any_rank(bool(parts)) and math.isfinite(grad_norm)
-        if applied:
-            self.optimizer.step()
-            self.scheduler.step()
-        else:
-            log.error("step %d not applied: gradient norm %s over records %s", step + 1,
-                      grad_norm, batch.record_ids)
-            self.optimizer.zero_grad(set_to_none=True)
-        elapsed = time.monotonic() - started
-        metrics = reduce_metrics(parts, weights)
-        tokens = float(batch.attention_mask.sum().item())
-        staleness = (step - batch.created_at_step).clamp(min=0).float()[batch.loss_mask > 0]
-        metrics.update(
-            {
-                M.LOSS_POLICY: total_loss,
-                M.OPTIM_GRAD_NORM: grad_norm,
-                M.OPTIM_LR: lr,
-                M.OPTIM_STEP_APPLIED: float(applied),
-                M.TRAIN_SKIPPED_MICRO_BATCHES: float(len(self.skipped_micro_batches)),
-                M.TRAIN_TOKEN_EXACT_RATE: sum(batch.token_exact) / max(len(batch), 1),
-                M.PERF_TOKENS: tokens,
-                M.PERF_TRAINED_TOKENS: float(batch.loss_mask.sum().item()),
-                M.PERF_TOKENS_PER_S: tokens / max(elapsed, 1e-9),
-                M.STALENESS_MEAN: float(staleness.mean().item()) if staleness.numel() else 0.0,
-                M.STALENESS_MAX: float(staleness.max().item()) if staleness.numel() else 0.0,
-            }
-        )
-        return metrics
-
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on some rank (so that all ranks apply a step or none does)."""
-        if self.world_size == 1:
-            return flag
-        value = torch.tensor([1 if flag else 0], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
-    def _micro_step(
-        self, micro: TrainBatch, step: int, normalizer: float, kl_normalizer: float = 1.0
-    ) -> tuple[LossOutput | None, dict[str, float]]:
-        """Forward + backward of one micro-batch at the sampling temperatures.
-
-        With ``kl_coef > 0`` the loss includes :func:`~agentrl.training.loss.kl_penalty` to the
-        reference model (normalized by ``kl_normalizer``).
-
-        Returns:
-            The loss output and extra metrics; ``(None, {})`` when the loss or its gradient
-            with respect to the policy's logprobs is not finite (nothing is accumulated then).
-        """
-        logits = self.module(
-            input_ids=micro.input_ids, attention_mask=micro.attention_mask, use_cache=False
-        ).logits  # (b, t, V)
-        logprobs = token_logprobs(logits, micro.input_ids, micro.temperatures)  # (b, t)
-        known = ~torch.isnan(micro.old_logprobs)
-        old = torch.where(known, micro.old_logprobs, logprobs.detach())
-        staleness = (step - micro.created_at_step).clamp(min=0)
-        out = self.loss_fn(
-            logprobs, old, micro.advantages, micro.loss_mask, staleness, self.loss_params,
-            normalizer=normalizer,
-        )
-        if self.ref_model is not None:  # KL to the reference policy (issue 12.6)
-            ref = model_logprobs(self.ref_model, micro)
-            kl = kl_penalty(logprobs, ref, micro.loss_mask, self.loss_params, kl_normalizer)
-            out = LossOutput(out.loss + kl.loss, {**out.metrics, **kl.metrics})
-        (grad,) = torch.autograd.grad(out.loss, logprobs, retain_graph=True)  # (b, t)
-        if not (torch.isfinite(out.loss) and torch.isfinite(grad).all()):
-            log.error("skipping a micro-batch of records %s: loss %s, gradient finite: %s",
-                      micro.record_ids, float(out.loss.detach()), bool(torch.isfinite(grad).all()))
-            if self.world_size > 1:  # every rank must join DDP's gradient all-reduce
-                (logprobs.sum() * 0.0).backward()
-            return None, {}
-        logprobs.backward(grad)
-        if out.metrics.get(M.POLICY_LOG_RATIO_CLAMPED, 0.0) > 0:
-            log.warning("records %s: behaviour logprobs more than %.0f nats from the policy's "
-                        "(log-ratio clamped)", micro.record_ids, LOG_RATIO_LIMIT)
-        mask = micro.loss_mask
-        diff = (old - logprobs.detach()) * mask
-        extra = {M.POLICY_BEHAVIOUR_KL: float(diff.sum().item() / max(mask.sum().item(), 1))}
-        return out, extra
-
 
 def reference_model(model_dir: str | Path, device: torch.device) -> Any:
     """A frozen float32 copy of the model in ``model_dir`` (the KL reference policy)."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.to(device).eval().requires_grad_(False)
     return model
-
-
-def model_logprobs(model: Any, batch: TrainBatch) -> torch.Tensor:
-    """Per-token log-probs of ``batch`` under ``model`` at the batch's sampling temperatures
-    (no grad), ``(B, T)``."""
-    with torch.no_grad():
-        logits = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-        ).logits
-    return token_logprobs(logits, batch.input_ids, batch.temperatures)
