@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from rich.table import Table
 from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_config_flags
 from agentrl.configs import load_config
 from agentrl.driver.interrupts import INTERRUPTED_EXIT_CODE, say_interrupted
+from agentrl.driver.launch import launch_ranks, launched_rank, rank_argv, run_rank
 from agentrl.driver.main_job import run_dir_of, run_main_job
 from agentrl.logs import setup_logging
 
@@ -27,6 +29,12 @@ def run(
         False, help="Forget a previous run of the same name (database, keys, checkpoints)."
     ),
     progress: bool = typer.Option(True, help="Show the progress bar."),
+    nproc_per_node: int = typer.Option(
+        1, "--nproc-per-node", min=1,
+        help="Trainer ranks to start on this machine (FSDP by default); each DP group's "
+        "first rank starts its own engine. torchrun --nproc_per_node N -m agentrl run CONFIG "
+        "does the same.",
+    ),
 ) -> None:
     """Sample with Celery workers and train with GRPO until sampling has finished.
 
@@ -37,6 +45,16 @@ def run(
     with the same name resumes from the last checkpoint (use --fresh to start over).
     """
     config = load_config(config_file, **parse_config_flags(ctx.args))
+    rank = launched_rank()
+    if nproc_per_node > 1 and rank is None:
+        setup_logging(run_dir_of(config) / "logs" / "launcher.log")
+        argv = sys.argv[sys.argv.index("run") + 1 :]
+        launch_ranks(nproc_per_node, rank_argv(argv))
+        return
+    if rank:  # ranks other than 0 train and serve; rank 0 reports
+        setup_logging(run_dir_of(config) / "logs" / f"run-rank{rank}.log")
+        run_rank(config)
+        return
     setup_logging(run_dir_of(config) / "logs" / "run.log")
     try:
         result = run_main_job(

@@ -45,6 +45,7 @@ from agentrl.driver.children import (
     start_worker,
 )
 from agentrl.driver.interrupts import StopOnSignal
+from agentrl.driver.launch import launched_rank, share_mongo_uri
 from agentrl.driver.preflight import check_datasets
 from agentrl.driver.report import Invocation, plot_rewards, write_summary
 from agentrl.errors import ConfigError
@@ -52,6 +53,7 @@ from agentrl.inference.manager import InferenceManager
 from agentrl.rollout.epochs import split_done
 from agentrl.rollout.ledger import GlobalStep, clear_run_keys, resend_unfinished
 from agentrl.training.checkpoint import checkpoint_root
+from agentrl.training.distributed import init_distributed
 from agentrl.training.metrics import read_metrics
 from agentrl.training.trainer import Trainer
 from agentrl.training.weights import ManagerWeightPublisher
@@ -190,6 +192,9 @@ def run_main_job(
     redis_child = ensure_redis(config, log_dir)
     dbs: Databases | None = None
     start_step = 0
+    ranks = launched_rank() is not None  # rank 0 of --nproc-per-node / torchrun
+    if ranks:
+        init_distributed()
 
     def summarize(outcome: Literal["finished", "interrupted"]) -> Path:
         invocation = Invocation(started_at, time.monotonic() - started, start_step,
@@ -201,6 +206,8 @@ def run_main_job(
         if fresh:
             clear_run(config, dbs)
         config_file = write_config(config, run_dir)
+        if ranks:  # the other ranks connect to the MongoDB this rank started
+            share_mongo_uri(dbs.mongo_uri)
         log.info("starting the inference engine (%s)", config.engine)
         with InferenceManager(config, dbs) as manager, StopOnSignal() as stop:
             if not external_workers:
@@ -221,7 +228,9 @@ def run_main_job(
             start_step = trainer.resumed_step or 0
             stop.attach(trainer.request_stop)
             trainer.train()
-            checkpoint = trainer.save_checkpoint_now() if stop.requested else None
+            checkpoint = None
+            if stop.requested:  # several ranks: train() checkpointed them together
+                checkpoint = trainer.last_checkpoint if ranks else trainer.save_checkpoint_now()
         summary = summarize("interrupted" if stop.requested else "finished")
         steps = read_metrics(run_dir / "metrics.jsonl")
         return RunResult(

@@ -66,13 +66,16 @@ def world_size() -> int:
 def resolve_data_parallel(choice: str, size: int) -> DataParallel:
     """The data-parallel mode of config ``data_parallel`` for ``size`` ranks.
 
-    ``auto`` is ``fsdp`` with more than one rank and ``none`` with one.
+    ``auto`` is ``fsdp`` with more than one rank; one rank is always ``none`` (nothing to
+    shard or average).
 
     Raises:
         ValueError: ``none`` with more than one rank (the ranks' weights would drift apart).
     """
+    if size == 1:
+        return "none"
     if choice == "auto":
-        return "fsdp" if size > 1 else "none"
+        return "fsdp"
     if choice == "none" and size > 1:
         raise ValueError(
             f"data_parallel: none with {size} ranks; use fsdp or ddp (or run one process)"
@@ -307,4 +310,6 @@ def full_state_dict(model: torch.nn.Module, mode: DataParallel) -> dict[str, tor
         return get_model_state_dict(model, options=options)
     if dist.is_initialized() and dist.get_rank() != 0:
         return {}
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -155,8 +155,8 @@ class Trainer(PolicyOptimizer):
             config, model, self.device, ref_model=ref_model,
             pad_id=pad_id if pad_id is not None else self.tokenizer.eos_token_id,
         )
-        self.sharded = self.world_size > 1  # checkpoints by torch.distributed.checkpoint
         self.batch_sequences = 0
+        self.last_checkpoint: Path | None = None
         self.converter = get_record_converter(config.record_converter)
         self.claimer = RecordClaimer(config, dbs)
         self.global_step = GlobalStep(dbs)
@@ -184,6 +184,7 @@ class Trainer(PolicyOptimizer):
             start_step=self.resumed_step or 0,
         )
         self._counts = self.claimer.rollout_counts() if self.is_main else None
+        barrier()  # no rank reads the run state before rank 0 has set it
 
     @property
     def metrics_path(self) -> Path:
@@ -232,8 +233,9 @@ class Trainer(PolicyOptimizer):
                     if not groups:
                         break
                     history.append(self.step(groups))
-            self.save_checkpoint_now()
-            self.export_final_model()
+            self.last_checkpoint = self.save_checkpoint_now()
+            if not any_rank(self.stop_requested, self.device):  # the same answer on every rank
+                self.export_final_model()
             if self.is_main and not self.stop_requested:
                 set_training_finished(self.dbs, True)  # beat pushes no more training epochs
         finally:
