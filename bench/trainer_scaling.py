@@ -14,7 +14,7 @@ timed steps. Prints a table:
 
 Memory on CPU is the process's resident set (psutil, sampled every 5 ms during the timed steps;
 it includes the Python runtime and libraries); on GPUs it is ``torch.cuda.max_memory_allocated``.
-Usage: ``python bench/trainer_scaling.py [--rows 8] [--tokens 256] [--steps 2]``.
+Usage: ``python bench/trainer_scaling.py [--rows 4] [--tokens 128] [--steps 1]``.
 """
 
 from __future__ import annotations
@@ -169,10 +169,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(default_model_path()))
-    parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--micro-batch-size", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args()
     import tempfile
 
