@@ -180,6 +180,16 @@ class AgentTrainingConfig(BaseSettings):
     max_buffered_records: int = Field(
         1024, ge=1, description="Stop pushing epochs while this many READY records wait untrained."
     )
+    max_staleness: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Bounded off-policyness (steps): train tasks are released for sampling only while "
+            "the records they produce can be trained within this many steps of the weights "
+            "that sample them; older groups are dropped as stale. 0: synchronous on-policy; "
+            "unset: unbounded."
+        ),
+    )
 
     # --- sampler sections ------------------------------------------------------------------------
     math: MathSettings = Field(
@@ -343,6 +353,13 @@ class AgentTrainingConfig(BaseSettings):
         0.0, ge=0.0, le=1.0, description="Trust-window shrink per step of staleness (0: off)."
     )
     max_trained_count: int = Field(1, ge=1, description="Times one READY record may be trained on.")
+    consume_order: Literal["fresh", "fifo"] = Field(
+        "fresh",
+        description=(
+            "Which READY groups a step takes first: the freshest (sampled with the newest "
+            "weights) or the oldest (fifo)."
+        ),
+    )
     loss_calculater: Literal["GRPO", "GSPO", "MINIRL", "CISPO", "CrossEntropy"] = Field(
         "GRPO",
         description=(

@@ -86,7 +86,9 @@ def write_summary(
 
     Per step: ``reward_per_step`` (mean score of the trained records), ``correct_rate_per_step``
     and ``well_formed_rate_per_step`` over the records that finished sampling since the previous
-    step (``null`` when none did), and ``batch_*`` rates over the trained records.
+    step (``null`` when none did), ``batch_*`` rates over the trained records, and the mean and
+    max staleness (steps) of the trained tokens; ``stale_dropped_records`` counts the records
+    dropped untrained by ``max_staleness``.
 
     Args:
         run_dir: ``runs/<name>``.
@@ -110,6 +112,9 @@ def write_summary(
         ],
         "clip_fraction_per_step": [_finite(s.get(M.CLIP_REGION)) for s in steps],
         "staleness_per_step": [_finite(s.get(M.STALENESS_MEAN)) for s in steps],
+        "staleness_max_per_step": [_finite(s.get(M.STALENESS_MAX)) for s in steps],
+        "max_staleness": dbs.config.max_staleness,
+        "stale_dropped_records": int(sum(_finite(s.get(M.STALENESS_DROPPED)) or 0 for s in steps)),
         "records_per_status": records_per_status(dbs),
         "tokens_sampled": tokens_sampled(dbs),
     }

@@ -188,6 +188,7 @@ class Trainer:
             start_step=self.resumed_step or 0,
         )
         self._counts = self.claimer.rollout_counts()
+        self._dropped = 0
 
     @property
     def metrics_path(self) -> Path:
@@ -347,6 +348,8 @@ class Trainer:
         """Correct / well-formed rates of the records that finished since the last step."""
         now = self.claimer.rollout_counts()
         before, self._counts = self._counts, now
+        dropped = self.claimer.dropped_stale - self._dropped
+        self._dropped = self.claimer.dropped_stale
         finished = now.finished - before.finished
         reported = now.reported - before.reported
         return {
@@ -356,6 +359,7 @@ class Trainer:
             M.ROLLOUT_WELL_FORMED_RATE: (now.well_formed - before.well_formed) / reported
             if reported > 0 else math.nan,
             M.ROLLOUT_GROUPS_WITH_SPREAD: float(len(groups)),
+            M.STALENESS_DROPPED: float(dropped),
         }
 
     # --- stopping (firsthour: SIGINT/SIGTERM handling of the drivers) --------------------------
