@@ -189,6 +189,8 @@ class Trainer:
         )
         self._counts = self.claimer.rollout_counts()
         self._dropped = 0
+        self.after_step: Callable[[int], object] | None = None
+        """Called with the new global step after each step (rank 0 evaluations)."""
 
     @property
     def metrics_path(self) -> Path:
@@ -226,6 +228,8 @@ class Trainer:
                     self.claimer.give_back(r for g in groups for r in g.records)
                     break
                 history.append(self.step(groups))
+                if self.after_step is not None and self.is_main:  # the driver's evaluation
+                    self.after_step(self.global_step.get())
             self.save_checkpoint_now()
             if self.is_main and not self.stop_requested:
                 set_training_finished(self.dbs, True)  # beat pushes no more training epochs
