@@ -103,6 +103,9 @@ def child_env(config: AgentTrainingConfig, dbs: Databases, config_file: Path) ->
     values = config.model_dump(mode="json")
     values["db_connection_string"] = dbs.mongo_uri
     for key, value in values.items():
+        if value is None:  # unset (max_staleness...): the written config.yaml holds null
+            env.pop(env_name(key), None)
+            continue
         env[env_name(key)] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     env[CONFIG_ENV_VAR] = str(config_file)
     return env
