@@ -227,7 +227,11 @@ def summarize_evaluation(
 
 
 def _well_formed(raw: dict[str, Any]) -> bool:
-    """Whether a record's sampler reported it well-formed (``meta.metrics.well_formed``)."""
+    """Whether a record's sampler reported it well-formed (``meta.metrics.well_formed``; a
+    projection of the field comes back nested from MongoDB, under the dotted name from
+    nx-27017)."""
+    if metric_field(WELL_FORMED) in raw:
+        return bool(raw[metric_field(WELL_FORMED)])
     return bool(((raw.get("meta") or {}).get(METRICS_KEY) or {}).get(WELL_FORMED))
 
 
