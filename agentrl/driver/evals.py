@@ -43,13 +43,15 @@ def check_held_out(config: AgentTrainingConfig) -> None:
         ConfigError: ``eval_file`` is ``train_file`` and ``eval_skip_tasks`` does not skip the
             ``max_train_tasks`` trained ones (or every task is trained: ``max_train_tasks`` 0).
     """
-    if not config.eval_file or Path(config.eval_file).resolve() != Path(
-        config.train_file
-    ).resolve():
+    if (
+        not config.eval_file
+        or Path(config.eval_file).resolve() != Path(config.train_file).resolve()
+    ):
         return
     if not config.max_train_tasks or config.eval_skip_tasks < config.max_train_tasks:
         raise ConfigError(
-            "eval_skip_tasks", config.eval_skip_tasks,
+            "eval_skip_tasks",
+            config.eval_skip_tasks,
             f"eval_file is train_file, so the evaluated tasks would be trained on: set "
             f"eval_skip_tasks >= max_train_tasks ({config.max_train_tasks or 'all'}) or use a "
             "held-out file",
@@ -116,9 +118,15 @@ class HeldOutEval:
             temperatures.append(0.0)
         jobs = [
             evaluate(
-                config.sampler, config.eval_file, split="eval", limit=config.max_eval_tasks,
-                offset=config.eval_skip_tasks, temperature=t, max_wait_s=config.eval_timeout_s,
-                config=config, app=self.app,
+                config.sampler,
+                config.eval_file,
+                split="eval",
+                limit=config.max_eval_tasks,
+                offset=config.eval_skip_tasks,
+                temperature=t,
+                max_wait_s=config.eval_timeout_s,
+                config=config,
+                app=self.app,
             )
             for t in temperatures
         ]
@@ -128,11 +136,17 @@ class HeldOutEval:
             for job in jobs:
                 results.append(self._wait(job, deadline))
         except CeleryTimeoutError:
-            log.warning("held-out evaluation at step %d did not finish in %.0f s", step,
-                        config.eval_timeout_s)
+            log.warning(
+                "held-out evaluation at step %d did not finish in %.0f s",
+                step,
+                config.eval_timeout_s,
+            )
             return None
-        point: dict[str, Any] = {"step": step, "temperature": config.temperature,
-                                 **_point(results[0])}
+        point: dict[str, Any] = {
+            "step": step,
+            "temperature": config.temperature,
+            **_point(results[0]),
+        }
         point["greedy"] = _point(results[1]) if len(results) > 1 else None
         point["elapsed_s"] = round(time.monotonic() - started, 1)
         with self.path.open("a") as handle:
@@ -173,10 +187,14 @@ def _pct(value: float | None) -> str:
 
 def describe_point(point: dict[str, Any]) -> str:
     """``accuracy 1.6%  well-formed 34.4%  reward 0.08 (64 tasks)`` (+ the greedy numbers)."""
+
     def one(p: dict[str, Any]) -> str:
         reward = "-" if p.get("mean_reward") is None else f"{p['mean_reward']:.3f}"
-        return (f"accuracy {_pct(p.get('accuracy'))}  well-formed "
-                f"{_pct(p.get('well_formed_rate'))}  reward {reward} ({p.get('count', 0)} tasks)")
+        return (
+            f"accuracy {_pct(p.get('accuracy'))}  well-formed "
+            f"{_pct(p.get('well_formed_rate'))}  reward {reward} ({p.get('count', 0)} tasks)"
+        )
+
     text = one(point)
     if point.get("greedy"):
         text += f"; greedy: {one(point['greedy'])}"
@@ -194,8 +212,9 @@ def describe_change(section: dict[str, Any]) -> list[str]:
     ):
         if not b or not a:
             continue
-        reward = [("-" if p.get("mean_reward") is None else f"{p['mean_reward']:.3f}")
-                  for p in (b, a)]
+        reward = [
+            ("-" if p.get("mean_reward") is None else f"{p['mean_reward']:.3f}") for p in (b, a)
+        ]
         lines.append(
             f"held-out eval ({label}, {a.get('count', 0)} tasks) step {before['step']} → "
             f"{after['step']}: accuracy {_pct(b.get('accuracy'))} → {_pct(a.get('accuracy'))}, "

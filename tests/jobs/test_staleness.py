@@ -18,10 +18,16 @@ def _finish(dbs: Databases, task_id: str, scores: list[float], step: int = 0) ->
     status = RecordStatus.READY if len(set(scores)) > 1 else RecordStatus.ABANDONED
     task = dbs.store.get(Task, task_id)
     for traj, score in enumerate(scores):
-        dbs.store.update(Record, Record.identity_id(task_id, traj, task.epoch),
-                         {"status": status.value, "score": score, "created_at_step": step})
-    dbs.store.update(Task, task_id, {"status": TaskStatus.COMPLETED.value,
-                                     "scores": {str(i): s for i, s in enumerate(scores)}})
+        dbs.store.update(
+            Record,
+            Record.identity_id(task_id, traj, task.epoch),
+            {"status": status.value, "score": score, "created_at_step": step},
+        )
+    dbs.store.update(
+        Task,
+        task_id,
+        {"status": TaskStatus.COMPLETED.value, "scores": {str(i): s for i, s in enumerate(scores)}},
+    )
 
 
 def _released(dbs: Databases) -> list[str]:
@@ -92,9 +98,17 @@ def test_synchronous_release_samples_one_batch_per_step(
 
 def _ready_group(dbs: Databases, task_id: str, step: int) -> None:
     for traj, score in enumerate([1.0, 0.0]):
-        dbs.store.insert(Record(
-            _id=Record.identity_id(task_id, traj, 1), task_id=task_id, traj_id=traj, epoch=1,
-            status=RecordStatus.READY, score=score, created_at_step=step))
+        dbs.store.insert(
+            Record(
+                _id=Record.identity_id(task_id, traj, 1),
+                task_id=task_id,
+                traj_id=traj,
+                epoch=1,
+                status=RecordStatus.READY,
+                score=score,
+                created_at_step=step,
+            )
+        )
 
 
 def test_groups_older_than_max_staleness_are_dropped_and_counted(
