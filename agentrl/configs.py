@@ -127,7 +127,29 @@ class AgentTrainingConfig(BaseSettings):
 
     # --- data ------------------------------------------------------------------------------------
     train_file: str = Field("", description="Training dataset file (JSONL or JSON).")
-    eval_file: str = Field("", description="Evaluation dataset file (JSONL or JSON).")
+    eval_file: str = Field(
+        "",
+        description="Held-out evaluation dataset file (JSONL or JSON): `agentrl run` evaluates "
+        "it before the first step, every eval_every_steps and after the last step.",
+    )
+    eval_skip_tasks: int = Field(
+        0,
+        ge=0,
+        description="Skip the first N tasks of eval_file (held-out tasks from the file that "
+        "training reads: at least max_train_tasks when eval_file is train_file).",
+    )
+    max_eval_tasks: int = Field(
+        64, ge=0, description="Tasks of eval_file one evaluation of `agentrl run` samples (0: all)."
+    )
+    eval_every_steps: int = Field(
+        0, ge=0, description="Evaluate eval_file every N optimizer steps too (0: before and after)."
+    )
+    eval_greedy: bool = Field(
+        True, description="Evaluate greedily (temperature 0) too, besides the sampling temperature."
+    )
+    eval_timeout_s: float = Field(
+        1800.0, gt=0, description="Seconds one held-out evaluation of `agentrl run` may take."
+    )
     max_train_tasks: int = Field(
         0, ge=0, description="Use only the first N training tasks (0: all)."
     )
@@ -179,6 +201,16 @@ class AgentTrainingConfig(BaseSettings):
     )
     max_buffered_records: int = Field(
         1024, ge=1, description="Stop pushing epochs while this many READY records wait untrained."
+    )
+    max_staleness: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Bounded off-policyness (steps): train tasks are released for sampling only while "
+            "the records they produce can be trained within this many steps of the weights "
+            "that sample them; older groups are dropped as stale. 0: synchronous on-policy; "
+            "unset: unbounded."
+        ),
     )
 
     # --- sampler sections ------------------------------------------------------------------------
@@ -343,6 +375,13 @@ class AgentTrainingConfig(BaseSettings):
         0.0, ge=0.0, le=1.0, description="Trust-window shrink per step of staleness (0: off)."
     )
     max_trained_count: int = Field(1, ge=1, description="Times one READY record may be trained on.")
+    consume_order: Literal["fresh", "fifo"] = Field(
+        "fresh",
+        description=(
+            "Which READY groups a step takes first: the freshest (sampled with the newest "
+            "weights) or the oldest (fifo)."
+        ),
+    )
     loss_calculater: Literal["GRPO", "GSPO", "MINIRL", "CISPO", "CrossEntropy"] = Field(
         "GRPO",
         description=(

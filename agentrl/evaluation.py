@@ -64,6 +64,7 @@ from agentrl.inference.services import register_service
 from agentrl.rollout.claims import Claim
 from agentrl.rollout.epochs import iter_dataset
 from agentrl.rollout.ledger import Enqueue, GlobalStep, open_claims
+from agentrl.rollout.outcomes import METRICS_KEY, WELL_FORMED, metric_field
 from agentrl.rollout.registry import get_sampler
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,10 @@ class EvaluationSpec:
         model: served model name to ask for (``""``: the worker's ``model_name``).
         split: the split recorded on tasks and records (never ``train``).
         num_samples: trajectories per task.
-        limit: evaluate only the first N dataset items (0: all).
+        limit: evaluate only the first N dataset items (0: all), after ``offset``.
+        offset: skip the first N dataset items (held-out items of a file that training uses).
+        temperature: sampling temperature of the calls (``None``: the configured one; 0:
+            greedy).
         max_wait_s: seconds after dispatch after which the job returns what is finished.
         poll_interval_s: seconds between the job's looks at the tasks.
         dispatched: whether the tasks were inserted and the trajectories sent.
@@ -108,6 +112,8 @@ class EvaluationSpec:
     split: str = "eval"
     num_samples: int = 1
     limit: int = 0
+    offset: int = 0
+    temperature: float | None = None
     max_wait_s: float = 3600.0
     poll_interval_s: float = 2.0
     dispatched: bool = False
@@ -177,6 +183,8 @@ def summarize_evaluation(
         (finished trajectories: scored or FAILED); ``unfinished``; ``mean_score`` (of the scored
         ones, ``None`` when none) and ``accuracy`` (share of finished trajectories scoring >=
         :data:`CORRECT_SCORE`: a FAILED one is not correct; ``None`` when nothing finished);
+        ``well_formed_rate`` (share of finished trajectories whose sampler reported them
+        well-formed, ``None`` when nothing finished);
         ``failures`` (FAILED trajectories); ``by_status`` (records per status); ``record_ids``
         (finished, sorted).
     """
@@ -184,7 +192,7 @@ def summarize_evaluation(
         {"_id": id_prefix_query(spec.task_prefix)}, {"num_generations": 1, "status": 1}))
     records = list(store.collection(Record).find(
         {"task_id": id_prefix_query(spec.task_prefix), "epoch": EVALUATION_EPOCH},
-        {"status": 1, "score": 1, "error": 1},
+        {"status": 1, "score": 1, "error": 1, metric_field(WELL_FORMED): 1},
     ))
     finished = [r for r in records if r.get("status") in FINISHED]
     scores = [float(r.get("score") or 0.0) for r in finished if r.get("status") in SCORED]
@@ -209,11 +217,22 @@ def summarize_evaluation(
         "unfinished": expected - len(finished),
         "mean_score": mean,
         "accuracy": correct / len(finished) if finished else None,
+        "well_formed_rate": sum(1 for r in finished if _well_formed(r)) / len(finished)
+        if finished else None,
         "failures": sum(1 for r in finished if r.get("status") == RecordStatus.FAILED.value),
         "by_status": by_status,
         "record_ids": sorted(str(r["_id"]) for r in finished),
         "elapsed_s": elapsed_s,
     }
+
+
+def _well_formed(raw: dict[str, Any]) -> bool:
+    """Whether a record's sampler reported it well-formed (``meta.metrics.well_formed``; a
+    projection of the field comes back nested from MongoDB, under the dotted name from
+    nx-27017)."""
+    if metric_field(WELL_FORMED) in raw:
+        return bool(raw[metric_field(WELL_FORMED)])
+    return bool(((raw.get("meta") or {}).get(METRICS_KEY) or {}).get(WELL_FORMED))
 
 
 def evaluate(
@@ -226,6 +245,8 @@ def evaluate(
     service_url: str = "",
     api_key: str | None = None,
     limit: int = 0,
+    offset: int = 0,
+    temperature: float | None = None,
     max_wait_s: float = 3600.0,
     poll_interval_s: float = 2.0,
     config: AgentTrainingConfig | None = None,
@@ -243,7 +264,9 @@ def evaluate(
         service_url: an OpenAI-compatible endpoint to evaluate against; registered as an
             external service serving ``model`` before the job is sent.
         api_key: bearer key of ``service_url`` (stored in MongoDB, never sent in a message).
-        limit: evaluate only the first N items (0: all).
+        limit: evaluate only the first N items (0: all), after ``offset``.
+        offset: skip the first N items (e.g. the ones a run trains on).
+        temperature: sampling temperature (``None``: the workers' ``temperature``; 0: greedy).
         max_wait_s: seconds the job waits for its trajectories before returning what finished.
         poll_interval_s: seconds between the job's looks at its tasks.
         config: the configuration (broker, MongoDB); ``None`` uses :func:`load_config` through
@@ -277,8 +300,8 @@ def evaluate(
             register_service(dbs.store, service_url, model, api_key)
     spec = EvaluationSpec(
         evaluation_id=evaluation_id, sampler=sampler, dataset=str(Path(dataset).resolve()),
-        model=model, split=split, num_samples=num_samples, limit=limit, max_wait_s=max_wait_s,
-        poll_interval_s=poll_interval_s,
+        model=model, split=split, num_samples=num_samples, limit=limit, offset=offset,
+        temperature=temperature, max_wait_s=max_wait_s, poll_interval_s=poll_interval_s,
     )
     return app.send_task(
         EVALUATE_TASK, kwargs=spec.to_json(), queue=EVALUATION_QUEUE, task_id=evaluation_id,
@@ -304,7 +327,8 @@ def dispatch_evaluation(dbs: Databases, spec: EvaluationSpec, enqueue: Enqueue) 
         sampler_class = get_sampler(spec.sampler)
         config = dbs.config.model_copy(update={"eval_file": spec.dataset})
         dataset = sampler_class.load_dataset(config, spec.split)
-        items = list(iter_dataset(dataset, spec.limit))
+        end = spec.offset + spec.limit if spec.limit else 0
+        items = list(iter_dataset(dataset, end))[spec.offset:]
     except (AgentRLError, TypeError) as exc:
         raise EvaluationError(spec.evaluation_id, f"cannot load {spec.dataset}: {exc}") from exc
     if not items:
@@ -322,7 +346,7 @@ def dispatch_evaluation(dbs: Databases, spec: EvaluationSpec, enqueue: Enqueue) 
     dbs.store.insert_many(tasks)  # type: ignore[arg-type]
     claims = [
         Claim(task.id, traj_id, EVALUATION_EPOCH, spec.split, spec.sampler, model=spec.model,
-              resample=False)
+              resample=False, temperature=spec.temperature)
         for task in tasks for traj_id in range(spec.num_samples)
     ]
     open_claims(dbs, claims, enqueue)

@@ -83,6 +83,49 @@ def test_tiny_main_job(config: AgentTrainingConfig, dbs: Databases) -> None:
     assert training_finished(dbs)
 
 
+def test_main_job_with_held_out_eval_and_bounded_staleness(
+    config: AgentTrainingConfig, dbs: Databases
+) -> None:
+    config.name = "held-out"
+    config.train_file = config.eval_file = str(SHARED_DATA / "gsm8k" / "train.jsonl")
+    config.max_train_tasks, config.eval_skip_tasks, config.max_eval_tasks = 4, 100, 3
+    config.eval_every_steps = 1
+    config.num_generations, config.train_batch_size, config.max_new_tokens = 2, 2, 12
+    config.sampler = "math_with_spread"  # trajectory 0 scores 1.0: every group has spread
+    config.sampler_modules = "tests.training.spread_sampler"
+    config.engine, config.engine_base_port, config.beat_interval_s = "cpu", free_port(), 1.0
+    config.max_steps, config.num_train_epochs, config.learning_rate = 2, 3, 1e-5
+    config.max_staleness = 1
+
+    result = run_main_job(config, show_progress=False)
+
+    summary = json.loads(result.summary.read_text())
+    assert summary["global_step"] == 2
+    evaluation = summary["eval"]
+    assert result.evaluation == evaluation
+    assert [p["step"] for p in evaluation["per_step"]] == [0, 1, 2]
+    assert evaluation["before"]["step"] == 0 and evaluation["after"]["step"] == 2
+    for point in (evaluation["before"], evaluation["after"]):
+        for part in (point, point["greedy"]):
+            # math_with_spread scores every trajectory 0 (the only one of an eval task) 1.0
+            assert (part["count"], part["accuracy"], part["mean_reward"]) == (3, 1.0, 1.0)
+            assert part["well_formed_rate"] == 0.0  # it reports no metrics for them
+    assert evaluation["before"]["temperature"] == config.temperature
+    # 3 evaluations x (sampled + greedy) x 3 tasks, none from beat's epochs, none trained
+    evals = list(dbs.store.find(Record, {"split": "eval"}))
+    assert len(evals) == 18 and {r.epoch for r in evals} == {0}
+    assert {(r.trained_count, r.train_claim_owner) for r in evals} == {(0, "")}
+    assert {int(r.task_id.rsplit("-", 1)[1]) for r in evals} == {100, 101, 102}
+    # bounded staleness: no trained token older than 1 step, nothing sampled only to be dropped
+    steps = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [s["staleness/max"] <= 1 for s in steps] == [True, True]
+    assert [s["staleness/dropped_records"] for s in steps] == [0.0, 0.0]
+    assert summary["stale_dropped_records"] == 0 and summary["max_staleness"] == 1
+    assert summary["records_per_status"][RecordStatus.STALE.value] == 0
+    train = dbs.store.collection(Record).count_documents({"split": "train"})
+    assert train <= (2 + 1 + 1) * 2  # (max_steps + max_staleness + 1) groups of 2, not 3 epochs
+
+
 def _child_pids(run_dir) -> list[str]:  # noqa: ANN001
     path = run_dir / "logs" / "pids"
     return path.read_text().splitlines() if path.exists() else []

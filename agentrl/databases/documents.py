@@ -77,6 +77,8 @@ class RecordStatus(StrEnum):
     - ``failed``: final; the trajectory left its group (see ``error_kind`` and ``error``).
     - ``scored``: final for the trajectory; ``ready`` or ``abandoned`` once its group completes
       (``abandoned``: the group's scores have no spread, so it carries no GRPO signal).
+    - ``stale``: final; a READY record the trainer dropped untrained because its group was
+      sampled more than ``max_staleness`` steps before the step that would train it.
     """
 
     CREATED = "created"
@@ -87,6 +89,7 @@ class RecordStatus(StrEnum):
     SCORED = "scored"
     READY = "ready"
     ABANDONED = "abandoned"
+    STALE = "stale"
 
 
 class DispatchStatus(StrEnum):
@@ -101,7 +104,7 @@ class DispatchStatus(StrEnum):
     DROPPED = "dropped"
 
 
-FINAL_RECORD_STATUSES = frozenset({"failed", "scored", "ready", "abandoned"})
+FINAL_RECORD_STATUSES = frozenset({"failed", "scored", "ready", "abandoned", "stale"})
 """Record statuses after which no attempt starts again (values of :class:`RecordStatus`)."""
 
 
@@ -223,6 +226,11 @@ class Task(Document):
     status: TaskStatus = TaskStatus.CREATED
     num_generations: int = Field(1, ge=1, description="Trajectories expected for this epoch.")
     sampler: str = Field("", description="Registered sampler name that samples this task.")
+    released: bool = Field(
+        True,
+        description="Whether its claims were sent (with max_staleness, beat releases train "
+        "tasks as the staleness budget allows).",
+    )
     scores: dict[str, float] = Field(default_factory=dict, description="traj_id → score.")
     failed: dict[str, str] = Field(
         default_factory=dict,

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_config_flags
 from agentrl.configs import load_config
+from agentrl.driver.evals import describe_change
 from agentrl.driver.interrupts import INTERRUPTED_EXIT_CODE, say_interrupted
 from agentrl.driver.launch import launch_ranks, launched_rank, rank_argv, run_rank
 from agentrl.driver.main_job import run_dir_of, run_main_job
@@ -69,6 +70,9 @@ def run(
     out = Console()
     out.print(steps_table(json.loads(result.summary.read_text())))
     out.print(f"[bold green]done[/]: {result.steps} optimizer steps")
+    if result.evaluation is not None:
+        for line in describe_change(result.evaluation):
+            out.print(line, markup=False, highlight=False)
     out.print(f"summary: {result.summary}")
     out.print(f"plot:    {result.plot}")
 

@@ -8,7 +8,9 @@ The driver reads like the algorithm::
     engine    = InferenceManager(config, dbs)    # CPU engine (or SGLang), registered UP
     children  = worker, beat                     # celery -A agentrl worker / beat
     watcher   = ChildLogWatcher(children)        # their WARNING/ERROR entries on the console
-    Trainer(publish=ManagerWeightPublisher(engine)).train()   # until sampling has finished
+    held_out.run(step)                           # eval_file: before the first step,
+    Trainer(publish=ManagerWeightPublisher(engine)).train()   # every eval_every_steps,
+    held_out.run(last_step)                      # and after the last
     summary.json, reward.png                     # runs/<name>/
 
 Every child is stopped on exit, on an error and on Ctrl-C / SIGTERM; the run's queued claims are
@@ -44,6 +46,7 @@ from agentrl.driver.children import (
     start_beat,
     start_worker,
 )
+from agentrl.driver.evals import HeldOutEval, check_held_out, eval_summary, read_points
 from agentrl.driver.interrupts import StopOnSignal
 from agentrl.driver.launch import launched_rank, share_mongo_uri
 from agentrl.driver.preflight import check_datasets
@@ -73,6 +76,7 @@ class RunResult:
         interrupted_at: the global step a SIGINT/SIGTERM stopped the run at (``None``: it
             finished).
         checkpoint: the resumable checkpoint written for ``interrupted_at``.
+        evaluation: the ``eval`` section of the summary (``None`` without ``eval_file``).
     """
 
     run_dir: Path
@@ -81,6 +85,7 @@ class RunResult:
     steps: int
     interrupted_at: int | None = None
     checkpoint: Path | None = None
+    evaluation: dict | None = None
 
 
 def run_dir_of(config: AgentTrainingConfig) -> Path:
@@ -100,6 +105,9 @@ def child_env(config: AgentTrainingConfig, dbs: Databases, config_file: Path) ->
     values = config.model_dump(mode="json")
     values["db_connection_string"] = dbs.mongo_uri
     for key, value in values.items():
+        if value is None:  # unset (max_staleness...): the written config.yaml holds null
+            env.pop(env_name(key), None)
+            continue
         env[env_name(key)] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     env[CONFIG_ENV_VAR] = str(config_file)
     return env
@@ -129,6 +137,7 @@ def clear_run(config: AgentTrainingConfig, dbs: Databases) -> None:
     shutil.rmtree(checkpoint_root(config), ignore_errors=True)
     (run_dir_of(config) / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir_of(config) / "summary.json").unlink(missing_ok=True)
+    (run_dir_of(config) / "eval.jsonl").unlink(missing_ok=True)
 
 
 def check_train_file(config: AgentTrainingConfig) -> None:
@@ -184,6 +193,7 @@ def run_main_job(
     app = make_app(config)
     check_train_file(config)
     check_datasets(config)
+    check_held_out(config)
     run_dir = run_dir_of(config)
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +209,8 @@ def run_main_job(
     def summarize(outcome: Literal["finished", "interrupted"]) -> Path:
         invocation = Invocation(started_at, time.monotonic() - started, start_step,
                                 GlobalStep(dbs).get(), outcome)
-        return write_summary(run_dir, read_metrics(run_dir / "metrics.jsonl"), dbs, invocation)
+        return write_summary(run_dir, read_metrics(run_dir / "metrics.jsonl"), dbs, invocation,
+                             eval_summary(read_points(run_dir)))
 
     try:
         dbs = init_databases(config)
@@ -216,9 +227,12 @@ def run_main_job(
             # a resumed run's queue was emptied when it ended: its unfinished claims go again
             resend_unfinished(dbs, lambda claims: enqueue_claims(app, claims))
 
-            def sampling_finished() -> bool:
+            def check_children() -> None:
                 for child in children:
                     child.check()
+
+            def sampling_finished() -> bool:
+                check_children()
                 return split_done(dbs, "train")
 
             trainer = Trainer(
@@ -226,17 +240,27 @@ def run_main_job(
                 sampling_finished=sampling_finished, show_progress=show_progress,
             )
             start_step = trainer.resumed_step or 0
+            held_out = HeldOutEval(config, app, run_dir, check_children)
+            evaluated = {int(p["step"]) for p in read_points(run_dir)}
+            if held_out.enabled and start_step not in evaluated:
+                held_out.run(start_step)  # the weights before this invocation's first step
+            trainer.after_step = lambda step: held_out.run(step) if held_out.due(step) else None
             stop.attach(trainer.request_stop)
             trainer.train()
             checkpoint = None
             if stop.requested:  # several ranks: train() checkpointed them together
                 checkpoint = trainer.last_checkpoint if ranks else trainer.save_checkpoint_now()
+            last_step = GlobalStep(dbs).get()
+            done = {int(p["step"]) for p in read_points(run_dir)}
+            if held_out.enabled and not stop.requested and last_step not in done:
+                held_out.run(last_step)
         summary = summarize("interrupted" if stop.requested else "finished")
         steps = read_metrics(run_dir / "metrics.jsonl")
+        points = read_points(run_dir)
         return RunResult(
-            run_dir=run_dir, summary=summary, plot=plot_rewards(run_dir, steps), steps=len(steps),
-            interrupted_at=GlobalStep(dbs).get() if stop.requested else None,
-            checkpoint=checkpoint,
+            run_dir=run_dir, summary=summary, plot=plot_rewards(run_dir, steps, points),
+            steps=len(steps), interrupted_at=GlobalStep(dbs).get() if stop.requested else None,
+            checkpoint=checkpoint, evaluation=eval_summary(points),
         )
     except KeyboardInterrupt:
         if dbs is not None:
@@ -270,6 +294,8 @@ def start_children(
 ) -> list[ChildProcess]:
     """Start the sampling worker and beat; their pids go to ``logs/pids``."""
     env = child_env(config, dbs, config_file)
+    # the driver evaluates eval_file itself (HeldOutEval): beat must not push it as an epoch
+    env[env_name("eval_file")] = ""
     children = [start_worker(config.name, log_dir, env), start_beat(log_dir, env)]
     (log_dir / "pids").write_text("".join(f"{c.process.pid} {c.role}\n" for c in children))
     return children

@@ -80,13 +80,19 @@ def tokens_sampled(dbs: Databases) -> int:
 
 
 def write_summary(
-    run_dir: Path, steps: list[dict[str, Any]], dbs: Databases, invocation: Invocation
+    run_dir: Path,
+    steps: list[dict[str, Any]],
+    dbs: Databases,
+    invocation: Invocation,
+    evaluation: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``summary.json``: steps, per-step reward and rates, records, tokens, wall time.
 
     Per step: ``reward_per_step`` (mean score of the trained records), ``correct_rate_per_step``
     and ``well_formed_rate_per_step`` over the records that finished sampling since the previous
-    step (``null`` when none did), and ``batch_*`` rates over the trained records.
+    step (``null`` when none did), ``batch_*`` rates over the trained records, and the mean and
+    max staleness (steps) of the trained tokens; ``stale_dropped_records`` counts the records
+    dropped untrained by ``max_staleness``.
 
     Args:
         run_dir: ``runs/<name>``.
@@ -94,6 +100,9 @@ def write_summary(
         dbs: connections (record and dispatch counts).
         invocation: this invocation, appended to the ``invocations`` of an earlier summary;
             ``wall_time_s`` is the total over all of them.
+        evaluation: the held-out evaluation (``eval``: ``before``, ``after``, ``per_step``,
+            each point with ``count``, ``accuracy``, ``well_formed_rate``, ``mean_reward``;
+            :func:`agentrl.driver.evals.eval_summary`), omitted when ``None``.
 
     Returns:
         The path of ``summary.json``.
@@ -110,9 +119,14 @@ def write_summary(
         ],
         "clip_fraction_per_step": [_finite(s.get(M.CLIP_REGION)) for s in steps],
         "staleness_per_step": [_finite(s.get(M.STALENESS_MEAN)) for s in steps],
+        "staleness_max_per_step": [_finite(s.get(M.STALENESS_MAX)) for s in steps],
+        "max_staleness": dbs.config.max_staleness,
+        "stale_dropped_records": int(sum(_finite(s.get(M.STALENESS_DROPPED)) or 0 for s in steps)),
         "records_per_status": records_per_status(dbs),
         "tokens_sampled": tokens_sampled(dbs),
     }
+    if evaluation is not None:
+        summary["eval"] = evaluation
     invocations = [*previous_invocations(run_dir), asdict(invocation)]
     invocations[-1]["wall_time_s"] = round(invocation.wall_time_s, 1)
     summary["invocations"] = invocations
@@ -122,8 +136,12 @@ def write_summary(
     return path
 
 
-def plot_rewards(run_dir: Path, steps: list[dict[str, Any]]) -> Path:
-    """Write ``reward.png``: reward, clip fraction and staleness per step (three panels).
+def plot_rewards(
+    run_dir: Path, steps: list[dict[str, Any]], eval_points: list[dict[str, Any]] | None = None
+) -> Path:
+    """Write ``reward.png``: reward, clip fraction and staleness per step (three panels), and
+    with ``eval_points`` a fourth: the held-out accuracy and well-formed rate per step (sampled
+    and greedy).
 
     Returns:
         The path of ``reward.png``.
@@ -134,12 +152,15 @@ def plot_rewards(run_dir: Path, steps: list[dict[str, Any]]) -> Path:
         (M.CLIP_REGION, "clip fraction"),
         (M.STALENESS_MEAN, "staleness (steps)"),
     )
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 7), sharex=True)
-    for ax, (name, label) in zip(axes, panels, strict=True):
+    rows = len(panels) + (1 if eval_points else 0)
+    fig, axes = plt.subplots(rows, 1, figsize=(7, 2.4 * rows), sharex=True)
+    for ax, (name, label) in zip(axes, panels, strict=False):
         y = [_finite(s.get(name)) for s in steps]
         ax.plot(x, [v if v is not None else math.nan for v in y], marker="o")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    if eval_points:
+        _plot_eval(axes[-1], eval_points)
     axes[-1].set_xlabel("optimizer step")
     fig.suptitle(run_dir.name)
     fig.tight_layout()
@@ -147,3 +168,21 @@ def plot_rewards(run_dir: Path, steps: list[dict[str, Any]]) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _plot_eval(ax: Any, points: list[dict[str, Any]]) -> None:
+    """The held-out curves: accuracy and well-formed rate per step, sampled and greedy."""
+    ordered = sorted(points, key=lambda p: int(p["step"]))
+    x = [int(p["step"]) for p in ordered]
+    for part, style in (("sampled", "-"), ("greedy", "--")):
+        rows = [p if part == "sampled" else p.get("greedy") for p in ordered]
+        if not any(rows):
+            continue
+        for key, label in (("accuracy", "accuracy"), ("well_formed_rate", "well-formed")):
+            y = [_finite((r or {}).get(key)) for r in rows]
+            ax.plot(x, [math.nan if v is None else v for v in y], style, marker="s",
+                    label=f"{label} ({part})")
+    ax.set_ylabel("held-out eval")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)

@@ -27,6 +27,8 @@ class Claim:
         model: the served model name to ask for (``""``: the worker's ``model_name``).
         resample: whether a trajectory whose sampler failed is sampled again (evaluations
             count a failure as part of the result instead).
+        temperature: the sampling temperature its LLM calls use (``None``: the configured
+            ``temperature``; evaluations set 0 for greedy).
     """
 
     task_id: str
@@ -36,6 +38,7 @@ class Claim:
     sampler: str = ""
     model: str = ""
     resample: bool = True
+    temperature: float | None = None
 
     @property
     def record_id(self) -> str:
@@ -62,4 +65,5 @@ class Claim:
             sampler=str(data.get("sampler", "")),
             model=str(data.get("model") or ""),
             resample=bool(data.get("resample", True)),
+            temperature=None if data.get("temperature") is None else float(data["temperature"]),
         )

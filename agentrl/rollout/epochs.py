@@ -12,6 +12,10 @@
    through the ledger (:func:`agentrl.rollout.ledger.open_claims`: a ``created`` Record each,
    then the messages).
 
+With ``max_staleness`` set, step 3 inserts the train tasks unreleased and step 4 opens claims
+only for the tasks :func:`release_tasks` releases, as many as the staleness budget allows
+(:mod:`agentrl.rollout.admission`); every call releases more as the trainer consumes groups.
+
 The run state in MongoDB (:func:`~agentrl.rollout.ledger.pushed_epoch`) holds the last epoch
 whose claims were all sent; a pusher that died between the insert and the sends is completed by
 the next call. Everything after the send is the ledger's.
@@ -33,6 +37,7 @@ from agentrl.databases import (
     TaskStatus,
     utcnow,
 )
+from agentrl.rollout.admission import release_budget
 from agentrl.rollout.claims import Claim
 from agentrl.rollout.ledger import (
     Enqueue,
@@ -115,13 +120,25 @@ def waiting_ready_records(dbs: Databases) -> int:
     )
 
 
-def _claims(dbs: Databases, split: str, epoch: int, sampler: str) -> list[Claim]:
-    """Every claim of ``split``/``epoch`` without an outcome (from the stored tasks)."""
+def bounded(config: AgentTrainingConfig, split: str) -> bool:
+    """Whether ``split``'s tasks are released by the staleness budget (train, ``max_staleness``
+    set)."""
+    return split == "train" and config.max_staleness is not None
+
+
+def _claims(
+    dbs: Databases, split: str, epoch: int, sampler: str, task_ids: list[str] | None = None
+) -> list[Claim]:
+    """Every claim of the released tasks of ``split``/``epoch`` (or of ``task_ids``) without an
+    outcome (from the stored tasks)."""
     claims = []
+    query: dict[str, Any] = {"split": split, "epoch": epoch, "released": {"$ne": False}}
+    if task_ids is not None:
+        query = {"_id": {"$in": task_ids}}
     for raw in dbs.store.collection(Task).find(
-        {"split": split, "epoch": epoch},
-        {"num_generations": 1, "scores": 1, "failed": 1, "sampler": 1},
+        query, {"num_generations": 1, "scores": 1, "failed": 1, "sampler": 1, "epoch": 1},
     ):
+        epoch = int(raw.get("epoch", epoch))
         done = set(raw.get("scores") or {}) | set(raw.get("failed") or {})
         name = raw.get("sampler") or sampler
         claims += [
@@ -158,6 +175,8 @@ def push_epoch(
     if not lock.acquire(blocking=False):
         return None
     try:
+        if bounded(config, split):
+            release_tasks(dbs, sampler, enqueue)
         latest = latest_epoch(dbs, split)
         pushed = pushed_epoch(dbs, split)
         if latest > pushed:  # an earlier push died between insert and send
@@ -178,11 +197,40 @@ def push_epoch(
         claims = _claims(dbs, split, epoch, sampler)
         open_claims(dbs, claims, enqueue)
         set_pushed_epoch(dbs, split, epoch)
+        if bounded(config, split):
+            claims += release_tasks(dbs, sampler, enqueue)
         logger.info("pushed %s epoch %d: %d claims", split, epoch, len(claims))
         return epoch
     finally:
         if lock.owned():
             lock.release()
+
+
+def release_tasks(dbs: Databases, sampler: str, enqueue: Enqueue) -> list[Claim]:
+    """Release the next unreleased train tasks (epoch, then dataset order) as the staleness
+    budget allows: open their claims, then mark them released at the current step. Nothing is
+    released once the trainer is done. The caller holds the split's push lock.
+
+    Returns:
+        The claims opened.
+    """
+    budget = release_budget(dbs)
+    if not budget or training_finished(dbs):
+        return []
+    tasks = dbs.store.collection(Task)
+    ids = [raw["_id"] for raw in tasks.find(
+        {"split": "train", "released": False}, {"_id": 1},
+        sort=[("epoch", 1), ("index", 1)], limit=budget)]
+    if not ids:
+        return []
+    claims = _claims(dbs, "train", 0, sampler, task_ids=ids)
+    open_claims(dbs, claims, enqueue)  # sent before marked: a crash between re-sends, never loses
+    tasks.update_many({"_id": {"$in": ids}},
+                      {"$set": {"released": True, "added_step": GlobalStep(dbs).get(),
+                                "updated_at": utcnow()}})
+    logger.info("released %d train tasks (%d claims) within max_staleness %d", len(ids),
+                len(claims), dbs.config.max_staleness)
+    return claims
 
 
 def _insert_tasks(
@@ -204,6 +252,7 @@ def _insert_tasks(
             "status": TaskStatus.CREATED,
             "num_generations": generations_for(config, split),
             "sampler": sampler,
+            "released": not bounded(config, split),
             "scores": {},
             "created_at": now,
             "updated_at": now,

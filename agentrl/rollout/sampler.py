@@ -254,6 +254,8 @@ class AsyncSampler(ABC):
             raise RuntimeError("enter the sampler with `async with` first")
         if self.claim is not None and self.claim.model and "model" not in kw:
             kw["model"] = self.claim.model
+        if self.claim is not None and self.claim.temperature is not None:
+            kw.setdefault("temperature", self.claim.temperature)
         return await self.context.router().create_chat_completion(
             messages, tools, recorder=self.attempt, **kw
         )

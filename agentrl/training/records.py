@@ -2,8 +2,12 @@
 
 A group is the READY Records of one ``(task_id, epoch)`` of the train split (the ledger made it
 READY only with score spread; its FAILED members left it). The trainer asks
-:meth:`RecordClaimer.claim` for at least ``train_batch_size`` records; groups sampled with the
-newest weights come first (least off-policy), older ones when nothing fresher is waiting.
+:meth:`RecordClaimer.claim` for at least ``train_batch_size`` records; with ``consume_order:
+fresh`` groups sampled with the newest weights come first (least off-policy), older ones when
+nothing fresher is waiting; with ``fifo`` the oldest come first. With ``max_staleness: S`` a
+group that a step would train more than ``S`` steps after the weights that sampled it (the
+oldest ``created_at_step`` of its waiting records) is dropped first: its untrained records
+become ``stale`` (final, never trained) and are counted (:attr:`RecordClaimer.dropped_stale`).
 
 A record is *claimable* while ``trained_count < max_trained_count`` and no live trainer claim
 holds it. Claiming one is a single conditional update that sets the claim (owner, step, expiry
@@ -58,7 +62,7 @@ class RolloutCounts:
     """Finished train-split records so far (for per-step rollout rates).
 
     Attributes:
-        finished: records READY or ABANDONED.
+        finished: records READY, ABANDONED or STALE (dropped after they were READY).
         reported: of those, records whose sampler reports ``correct`` (``meta.metrics``).
         correct: of those, reported correct (:data:`~agentrl.rollout.outcomes.CORRECT`).
         well_formed: of those, reported well-formed (an answer in the expected format).
@@ -83,6 +87,8 @@ class RecordClaimer:
         self.config, self.dbs, self.split = config, dbs, split
         self.records = dbs.store.collection(Record)
         self.owner = f"trainer-{uuid.uuid4().hex[:12]}"
+        self.dropped_stale = 0
+        """Records this claimer dropped as stale (``max_staleness``), over its life."""
 
     def _claimable_filter(self) -> dict:
         return {
@@ -93,9 +99,10 @@ class RecordClaimer:
         }
 
     def _claimable(self) -> dict[tuple[str, int], list[dict]]:
-        """Claimable READY records grouped by ``(task_id, epoch)``, freshest group first."""
+        """Claimable READY records grouped by ``(task_id, epoch)``, in ``consume_order``."""
+        direction = -1 if self.config.consume_order == "fresh" else 1
         cursor = self.records.find(self._claimable_filter(), _FIELDS).sort(
-            [("created_at_step", -1), ("task_id", 1), ("epoch", 1)])
+            [("created_at_step", direction), ("epoch", 1), ("task_id", 1)])
         groups: dict[tuple[str, int], list[dict]] = {}
         for raw in cursor:
             groups.setdefault((raw["task_id"], raw["epoch"]), []).append(raw)
@@ -168,6 +175,35 @@ class RecordClaimer:
             {"$set": {**_UNCLAIMED, "updated_at": utcnow()}})
         return int(result.modified_count)
 
+    def drop_stale(self, step: int) -> int:
+        """Mark ``stale`` the untrained claimable records of every group that ``step`` would
+        train more than ``max_staleness`` steps after its oldest waiting record was sampled
+        (``step - 1 - created_at_step > max_staleness``). No-op without ``max_staleness``.
+
+        Returns:
+            The records dropped (also added to :attr:`dropped_stale`).
+        """
+        bound = self.config.max_staleness
+        if bound is None:
+            return 0
+        oldest_allowed = step - 1 - bound
+        if oldest_allowed <= 0:
+            return 0
+        untrained = {**self._claimable_filter(), "trained_count": 0}
+        task_ids = self.records.distinct(
+            "task_id", {**untrained, "created_at_step": {"$lt": oldest_allowed}})
+        if not task_ids:
+            return 0
+        result = self.records.update_many(
+            {**untrained, "task_id": {"$in": sorted(task_ids)}},
+            {"$set": {"status": RecordStatus.STALE.value, "updated_at": utcnow()}})
+        dropped = int(result.modified_count)
+        if dropped:
+            log.info("dropped %d stale records of %d groups (step %d, max_staleness %d)",
+                     dropped, len(task_ids), step, bound)
+        self.dropped_stale += dropped
+        return dropped
+
     def claim(self, step: int, min_records: int) -> list[ClaimedGroup]:
         """Claim whole groups, freshest first, until at least ``min_records`` records are taken.
 
@@ -179,6 +215,7 @@ class RecordClaimer:
         Returns:
             The claimed groups (possibly fewer records than asked; empty when none is READY).
         """
+        self.drop_stale(step)
         candidates = self._claimable()
         if not candidates:
             return []
@@ -229,7 +266,8 @@ class RecordClaimer:
         (4 count queries)."""
         finished = {
             "split": self.split,
-            "status": {"$in": [RecordStatus.READY.value, RecordStatus.ABANDONED.value]},
+            "status": {"$in": [RecordStatus.READY.value, RecordStatus.ABANDONED.value,
+                               RecordStatus.STALE.value]},
         }
         return RolloutCounts(
             finished=self.records.count_documents(finished),

@@ -184,6 +184,9 @@ class Trainer(PolicyOptimizer):
             start_step=self.resumed_step or 0,
         )
         self._counts = self.claimer.rollout_counts() if self.is_main else None
+        self._dropped = 0
+        self.after_step: Callable[[int], object] | None = None
+        """Called on rank 0 with the new global step after each step (the driver's evaluation)."""
         barrier()  # no rank reads the run state before rank 0 has set it
 
     @property
@@ -233,6 +236,7 @@ class Trainer(PolicyOptimizer):
                     if not groups:
                         break
                     history.append(self.step(groups))
+                    self._after_step()
             self.last_checkpoint = self.save_checkpoint_now()
             if not any_rank(self.stop_requested, self.device):  # the same answer on every rank
                 self.export_final_model()
@@ -252,7 +256,14 @@ class Trainer(PolicyOptimizer):
             if share is None:  # rank 0 has nothing left (sampling finished, or a stop)
                 break
             history.append(self.step(groups, share))
+            self._after_step()
         return history
+
+    def _after_step(self) -> None:
+        """Rank 0 calls :attr:`after_step` with the new global step (the others go on to the
+        next collective and wait there)."""
+        if self.after_step is not None and self.is_main:
+            self.after_step(self.global_step.get())
 
     def _deal(self, groups: list[ClaimedGroup]) -> TrainBatch | None:
         """This rank's share of rank 0's ``groups`` (``None`` on every rank when rank 0 has
@@ -474,6 +485,8 @@ class Trainer(PolicyOptimizer):
         """Correct / well-formed rates of the records that finished since the last step."""
         now = self.claimer.rollout_counts()
         before, self._counts = self._counts, now
+        dropped = self.claimer.dropped_stale - self._dropped
+        self._dropped = self.claimer.dropped_stale
         finished = now.finished - before.finished
         reported = now.reported - before.reported
         return {
@@ -483,6 +496,7 @@ class Trainer(PolicyOptimizer):
             M.ROLLOUT_WELL_FORMED_RATE: (now.well_formed - before.well_formed) / reported
             if reported > 0 else math.nan,
             M.ROLLOUT_GROUPS_WITH_SPREAD: float(len(groups)),
+            M.STALENESS_DROPPED: float(dropped),
         }
 
     # --- stopping (firsthour: SIGINT/SIGTERM handling of the drivers) --------------------------

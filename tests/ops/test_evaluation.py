@@ -123,6 +123,8 @@ def test_evaluate_six_gsm8k_problems(
     assert summary["mean_score"] == pytest.approx(sum(scores) / N_PROBLEMS)
     assert summary["accuracy"] == pytest.approx(sum(s >= 1.0 for s in scores) / N_PROBLEMS)
     assert summary["failures"] == sum(1 for r in records if r.error) == 0
+    assert summary["well_formed_rate"] == pytest.approx(
+        sum(bool(r.meta["metrics"]["well_formed"]) for r in records) / N_PROBLEMS)
     for r in records:
         assert r.split == "eval" and r.epoch == EVALUATION_EPOCH and r.trained_count == 0
         assert r.meta["completion"]

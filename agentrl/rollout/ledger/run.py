@@ -180,7 +180,7 @@ def housekeep(dbs: Databases, enqueue: Enqueue, complete_groups: bool = True) ->
 
 def _unfinished_tasks(dbs: Databases) -> list[dict[str, Any]]:
     return list(dbs.store.collection(Task).find(
-        {"status": {"$ne": TaskStatus.COMPLETED.value}},
+        {"status": {"$ne": TaskStatus.COMPLETED.value}, "released": {"$ne": False}},
         {"num_generations": 1, "scores": 1, "failed": 1, "split": 1, "epoch": 1, "sampler": 1,
          "status": 1}))
 
