@@ -1,8 +1,8 @@
 """`MCPSessionPool`: one session per MCP server per worker process, shared by its trajectories.
 
 A worker process runs many trajectories on one event loop (:mod:`agentrl.rollout.runtime`);
-they share one pool per ``mcp_config`` file (:func:`session_pool`), so each server is started (stdio) or
-connected (streamable HTTP) once, through the official ``mcp`` SDK (``stdio_client``,
+they share one pool per ``mcp_config`` file (:func:`session_pool`), so each server is started
+(stdio) or connected (streamable HTTP) once, through the official ``mcp`` SDK (``stdio_client``,
 ``streamable_http_client``, ``ClientSession``). The SDK's transports are anyio context managers
 that must be left by the task that entered them, so each connection is owned by a task of its
 own (:class:`ServerConnection`), and trajectories send requests over its session concurrently.
