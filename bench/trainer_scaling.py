@@ -102,7 +102,7 @@ def rank_body(
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(size),
     )
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // size))
+    torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
     from agentrl.configs import AgentTrainingConfig
@@ -173,11 +173,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--micro-batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="Run only these rows (none, ddp, fsdp, fsdp+ac)."
+    )
     args = parser.parse_args()
     import tempfile
 
     rows = []
     for mode, size, checkpointing in MODES:
+        if args.only and mode + ("+ac" if checkpointing else "") not in args.only:
+            continue
         with tempfile.TemporaryDirectory() as out:
             result = run_mode(args, mode, size, checkpointing, out)
         label = mode + (" + act. ckpt" if checkpointing else "")
@@ -185,7 +191,8 @@ def main() -> None:
         print(f"done: {label}", flush=True)
     print(
         f"\nbatch: {args.rows} x {args.tokens} tokens, micro-batch {args.micro_batch_size}, "
-        f"{args.steps} timed steps, {os.cpu_count()} CPU cores"
+        f"{args.steps} timed steps, {args.threads} torch thread(s) per rank, "
+        f"{os.cpu_count()} CPU cores"
     )
     header = (
         f"{'mode':<20} {'ranks':>5} {'tokens/s':>9} {'step s':>8} {'peak MB/rank':>13} "

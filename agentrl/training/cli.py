@@ -51,7 +51,8 @@ def train(
             stop.attach(trainer.request_stop)
             trainer.train()
             if stop.requested:
-                trainer.save_checkpoint_now()
+                if trainer.world_size == 1:  # several ranks: train() checkpointed them together
+                    trainer.save_checkpoint_now()
                 say_interrupted(config, GlobalStep(dbs).get())
                 raise typer.Exit(INTERRUPTED_EXIT_CODE)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import torch
 from agentrl.training.distributed import deal_batch, deal_groups, select_rows
 from agentrl.training.optimization import PolicyOptimizer
 from agentrl.training.sharded_checkpoint import load_sharded, save_sharded
+from agentrl.training.tokenization import TrainBatch
 from tests.training.rank_workers import (
     groups_batch,
     resume_and_step,
@@ -70,15 +71,20 @@ def test_two_ranks_step_like_one(mode: str, tmp_path: Path) -> None:
 
 
 def test_unequal_shares_finish(tmp_path: Path) -> None:
-    """One rank with 1 group, the other with 3 (6 micro-batches against 2), then a rank with
-    no row at all: the step finishes on both and still equals the one-rank step."""
+    """One rank with 1 group, the other with 3 (2 micro-batches against 6): the step finishes on
+    both and still equals the one-rank step."""
     batch, _ = groups_batch(LENGTHS)
     shares = [select_rows(batch, [0, 1]), select_rows(batch, [2, 3, 4, 5, 6, 7])]
     spawn(step_on_shares, 2, "fsdp", shares, str(tmp_path))
     want, _ = _single_rank(batch)
     _assert_close(torch.load(tmp_path / "rank0.pt", weights_only=False)["weights"], want)
+
+
+def test_a_rank_without_rows_finishes(tmp_path: Path) -> None:
+    batch, _ = groups_batch(LENGTHS)
     nothing = [select_rows(batch, []), select_rows(batch, list(range(len(LENGTHS))))]
     spawn(step_on_shares, 2, "fsdp", nothing, str(tmp_path))
+    want, _ = _single_rank(batch)
     _assert_close(torch.load(tmp_path / "rank0.pt", weights_only=False)["weights"], want)
 
 
@@ -95,9 +101,10 @@ def test_two_rank_checkpoint_resumes_on_one(tmp_path: Path) -> None:
     assert resumed == pytest.approx(uninterrupted[2], abs=1e-4)
 
 
-def test_one_rank_checkpoint_resumes_on_two(tmp_path: Path) -> None:
+def _one_rank_checkpoint(tmp_path: Path) -> tuple[list[TrainBatch], list[float]]:
+    """Two one-rank steps, checkpointed both ways (DCP and a one-rank optimizer.state_dict()),
+    then the uninterrupted third step; the 2-rank shares and the three losses."""
     batch, group_of_row = groups_batch(LENGTHS)
-    shares = deal_batch(batch, group_of_row, 2)
     trainer = PolicyOptimizer(tiny_config(), tiny_model(), torch.device("cpu"))
     losses = [trainer.optimize(batch, step=s)["loss/policy"] for s in range(2)]
     (tmp_path / "ckpt").mkdir()
@@ -112,7 +119,17 @@ def test_one_rank_checkpoint_resumes_on_two(tmp_path: Path) -> None:
         tmp_path / "full.pt",
     )
     losses.append(trainer.optimize(batch, step=2)["loss/policy"])
+    return deal_batch(batch, group_of_row, 2), losses
+
+
+def test_one_rank_checkpoint_resumes_on_two(tmp_path: Path) -> None:
+    shares, losses = _one_rank_checkpoint(tmp_path)
     spawn(resume_and_step, 2, shares, "dcp", str(tmp_path))
     assert torch.load(tmp_path / "resumed_dcp.pt") == pytest.approx(losses[2], abs=1e-4)
-    spawn(resume_and_step, 2, shares, "full", str(tmp_path))  # a one-rank trainer_state.pt
+
+
+def test_one_rank_optimizer_state_resumes_on_two(tmp_path: Path) -> None:
+    """A one-rank trainer_state.pt (index-keyed optimizer state) loads into 2 FSDP ranks."""
+    shares, losses = _one_rank_checkpoint(tmp_path)
+    spawn(resume_and_step, 2, shares, "full", str(tmp_path))
     assert torch.load(tmp_path / "resumed_full.pt") == pytest.approx(losses[2], abs=1e-4)
