@@ -64,7 +64,7 @@ from agentrl.inference.services import register_service
 from agentrl.rollout.claims import Claim
 from agentrl.rollout.epochs import iter_dataset
 from agentrl.rollout.ledger import Enqueue, GlobalStep, open_claims
-from agentrl.rollout.outcomes import METRICS_KEY, WELL_FORMED, metric_field
+from agentrl.rollout.outcomes import WELL_FORMED, metric_field, metric_value
 from agentrl.rollout.registry import get_sampler
 
 log = logging.getLogger(__name__)
@@ -217,22 +217,13 @@ def summarize_evaluation(
         "unfinished": expected - len(finished),
         "mean_score": mean,
         "accuracy": correct / len(finished) if finished else None,
-        "well_formed_rate": sum(1 for r in finished if _well_formed(r)) / len(finished)
+        "well_formed_rate": sum(1 for r in finished if metric_value(r, WELL_FORMED)) / len(finished)
         if finished else None,
         "failures": sum(1 for r in finished if r.get("status") == RecordStatus.FAILED.value),
         "by_status": by_status,
         "record_ids": sorted(str(r["_id"]) for r in finished),
         "elapsed_s": elapsed_s,
     }
-
-
-def _well_formed(raw: dict[str, Any]) -> bool:
-    """Whether a record's sampler reported it well-formed (``meta.metrics.well_formed``; a
-    projection of the field comes back nested from MongoDB, under the dotted name from
-    nx-27017)."""
-    if metric_field(WELL_FORMED) in raw:
-        return bool(raw[metric_field(WELL_FORMED)])
-    return bool(((raw.get("meta") or {}).get(METRICS_KEY) or {}).get(WELL_FORMED))
 
 
 def evaluate(

@@ -46,6 +46,19 @@ def metric_field(key: str) -> str:
     return f"meta.{METRICS_KEY}.{key}"
 
 
+def metric_value(raw: dict[str, Any], key: str) -> Any:
+    """The value of metric ``key`` in a raw record document found with a projection on
+    :func:`metric_field` (``None`` when not reported).
+
+    MongoDB returns a projected dotted field nested (``{"meta": {"metrics": {...}}}``);
+    nx-27017 returns it under its dotted name; both are read.
+    """
+    dotted = metric_field(key)
+    if dotted in raw:
+        return raw[dotted]
+    return ((raw.get("meta") or {}).get(METRICS_KEY) or {}).get(key)
+
+
 def outcome_rates(records: Iterable[Record]) -> dict[str, float]:
     """The share of records reporting ``correct`` / ``well_formed`` that report them true.
 

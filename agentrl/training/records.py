@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, DispatchedSamplingTask, Record, RecordStatus, utcnow
-from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, metric_field
+from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, metric_field, metric_value
 from agentrl.training.advantages import group_advantages
 
 log = logging.getLogger(__name__)
@@ -262,21 +262,27 @@ class RecordClaimer:
         return calls
 
     def rollout_counts(self) -> RolloutCounts:
-        """Counts of finished records of the split, from the metrics their samplers report
-        (4 count queries)."""
+        """Counts of finished records of the split, from the metrics their samplers report.
+
+        One query, so the four counts are of one moment: counted separately, a group that
+        becomes READY between two counts would be in one and not the other (and a step's
+        rates could exceed 1).
+        """
         finished = {
             "split": self.split,
             "status": {"$in": [RecordStatus.READY.value, RecordStatus.ABANDONED.value,
                                RecordStatus.STALE.value]},
         }
-        return RolloutCounts(
-            finished=self.records.count_documents(finished),
-            reported=self.records.count_documents(
-                {**finished, metric_field(CORRECT): {"$exists": True}}),
-            correct=self.records.count_documents({**finished, metric_field(CORRECT): True}),
-            well_formed=self.records.count_documents(
-                {**finished, metric_field(WELL_FORMED): True}),
-        )
+        counts = RolloutCounts()
+        projection = {metric_field(CORRECT): 1, metric_field(WELL_FORMED): 1}
+        for raw in self.records.find(finished, projection):
+            counts.finished += 1
+            correct = metric_value(raw, CORRECT)
+            if correct is not None:
+                counts.reported += 1
+                counts.correct += bool(correct)
+                counts.well_formed += bool(metric_value(raw, WELL_FORMED))
+        return counts
 
     def status_counts(self) -> dict[str, int]:
         """Records of the split per status (for 'why is training waiting' messages)."""
