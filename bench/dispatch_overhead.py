@@ -94,6 +94,8 @@ class Row:
     redis_round_trips_per_traj: float | None = None
     redis_server_cmds_per_traj: float | None = None
     push_to_first_start_s: float | None = None
+    traj_latency_s: float | None = None
+    traj_latency_p90_s: float | None = None
     worker_cpu_ms_per_traj: float | None = None
     worker_rss_mb: float | None = None
     cpu_share: dict[str, float] = field(default_factory=dict)
@@ -259,7 +261,7 @@ def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tu
         "AGENTRL_MAX_TRAIN_TASKS": str(n // GENERATIONS),
         "AGENTRL_MAX_CONCURRENT_SAMPLES_PER_PROCESS": str(concurrency),
         "AGENTRL_TARGET_CONCURRENCY": str(10 * concurrency * workers),
-        "AGENTRL_REQUEST_TIMEOUT_S": "120", "AGENTRL_BEAT_INTERVAL_S": "0.5",
+        "AGENTRL_REQUEST_TIMEOUT_S": "120",
         "BENCH_CALLS": str(args.calls), "BENCH_STATS_DIR": str(stats_dir),
         "PYTHONPATH": f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}",
     })
@@ -327,11 +329,14 @@ def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tu
         raw = list(records.find({}, {"started_at": 1, "finished_at": 1}))
         first_start = min(aware(r["started_at"]) for r in raw if r.get("started_at"))
         end = max(aware(r["finished_at"]) for r in raw if r.get("finished_at"))
+        spans = sorted((aware(r["finished_at"]) - aware(r["started_at"])).total_seconds()
+                       for r in raw if r.get("finished_at") and r.get("started_at"))
     finally:
         for proc in procs:
             stop(proc)
-        with contextlib.suppress(Exception):
-            dbs.store.client.drop_database(config.db_name)
+        if not args.keep_db:
+            with contextlib.suppress(Exception):
+                dbs.store.client.drop_database(config.db_name)
         for key in client.scan_iter(f"{config.key_prefix}:*"):
             client.delete(key)
         dbs.close()
@@ -350,6 +355,7 @@ def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tu
         redis_round_trips_per_traj=counted["round_trips"] / n,
         redis_server_cmds_per_traj=sum(redis_delta.values()) / n,
         push_to_first_start_s=(first_start - pushed).total_seconds(),
+        traj_latency_s=sum(spans) / len(spans), traj_latency_p90_s=spans[int(0.9 * len(spans))],
         worker_cpu_ms_per_traj=1000 * cpu["worker"] / n, worker_rss_mb=sampler.rss_mb,
         cpu_share={kind: seconds / wall_s for kind, seconds in cpu.items()},
         mongo_ops=dict(sorted(mongo.items(), key=lambda kv: -kv[1])),
@@ -406,8 +412,9 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         if r.system == "agentrl":
             share = ", ".join(f"{k} {v:.0%}" for k, v in r.cpu_share.items())
-            print(f"\n{r.workers} proc × {r.concurrency} at {r.latency_s:g} s — CPU of a core: "
-                  f"{share}\n  mongo: {r.mongo_ops}\n  redis: {r.redis_top}")
+            print(f"\n{r.workers} proc × {r.concurrency} at {r.latency_s:g} s — trajectory "
+                  f"started → finished {r.traj_latency_s:.2f} s (p90 {r.traj_latency_p90_s:.2f} "
+                  f"s); CPU of a core: {share}\n  mongo: {r.mongo_ops}\n  redis: {r.redis_top}")
 
 
 def main() -> None:
@@ -430,6 +437,7 @@ def main() -> None:
     parser.add_argument("--upstream-concurrency", type=int, nargs="*", default=[64, 256])
     parser.add_argument("--row-timeout-s", type=float, default=600)
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
+    parser.add_argument("--keep-db", action="store_true", help="keep each row's database")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
     workdir = Path(tempfile.mkdtemp(prefix="agentrl-bench-"))

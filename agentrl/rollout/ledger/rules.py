@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import aiohttp
 import httpx
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
@@ -35,7 +36,7 @@ no GRPO signal and is ABANDONED (the only tolerance; the trainer uses it too).""
 
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     InferenceError, AgentEnvError, InfrastructureError, ConnectionError, TimeoutError,
-    PyMongoError, RedisError, httpx.TransportError,
+    PyMongoError, RedisError, httpx.TransportError, aiohttp.ClientError,
 )
 """Exceptions that mean something outside the sampler failed (see :func:`classify_failure`)."""
 
