@@ -6,10 +6,13 @@ One call of :meth:`Router.create_chat_completion`:
 1. **pick** — the live services serving the model (UP, heartbeat younger than
    ``service_heartbeat_ttl_s``, or not managed by a trainer — external endpoints and SGLang
    nodes added with ``agentrl services add``; read from MongoDB at most every
-   :data:`SERVICE_CACHE_S`) whose circuit is closed; one Redis script takes a slot on the one
-   with the fewest running requests. A slot is an expiring lease (renewed by the process's
-   heartbeat), so the requests of a killed worker stop counting after ``lease_ttl_s``. While no
-   service is routable (a weight update, an outage) the call waits.
+   :data:`SERVICE_CACHE_S`) whose circuit is closed; a slot is taken on the one with the fewest
+   running requests (:class:`~agentrl.rollout.slots.SlotBoard`: this process's requests counted
+   in memory and written to Redis as one expiring member per process, at most every
+   :data:`~agentrl.rollout.slots.SYNC_S` and at each heartbeat, with the other processes'
+   requests read back in the same round trip), so the requests of a killed worker stop counting
+   after ``lease_ttl_s``. While no service is routable (a weight update, an outage) the call
+   waits.
 2. **send** — ``POST <endpoint>/v1/chat/completions`` with the body of
    :func:`~agentrl.inference.protocol.build_chat_body` (config sampling defaults unless
    overridden, ``logprobs: true``, ``return_token_ids: true`` for SGLang and the CPU engine). A
