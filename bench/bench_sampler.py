@@ -35,8 +35,18 @@ from agentrl.rollout.sampler import AsyncSampler
 CALLS_PER_TRAJECTORY = int(os.environ.get("BENCH_CALLS", "3"))
 FLUSH_S = 0.2
 """Seconds between two writes of a process's counters."""
-NOT_COUNTED = frozenset({"ping", "hello", "isMaster", "ismaster", "endSessions", "buildInfo",
-                         "saslStart", "saslContinue"})
+NOT_COUNTED = frozenset(
+    {
+        "ping",
+        "hello",
+        "isMaster",
+        "ismaster",
+        "endSessions",
+        "buildInfo",
+        "saslStart",
+        "saslContinue",
+    }
+)
 """Connection handshakes and monitoring: not operations of the job system."""
 
 
@@ -53,10 +63,15 @@ class Counters:
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able values."""
         with self.lock:
-            return {"mongo": dict(self.mongo), "redis": dict(self.redis),
-                    "redis_round_trips": self.redis_round_trips,
-                    "running": self.running, "peak": self.peak,
-                    "done": self.done, "pid": os.getpid()}
+            return {
+                "mongo": dict(self.mongo),
+                "redis": dict(self.redis),
+                "redis_round_trips": self.redis_round_trips,
+                "running": self.running,
+                "peak": self.peak,
+                "done": self.done,
+                "pid": os.getpid(),
+            }
 
 
 COUNTERS = Counters()
@@ -155,8 +170,11 @@ class BenchSampler(AsyncSampler):
             messages = [{"role": "user", "content": "1 + 1 ="}]
             for _ in range(CALLS_PER_TRAJECTORY):
                 reply = await self.create_chat_completions(messages, max_tokens=4)
-                messages = [*messages, reply["choices"][0]["message"],
-                            {"role": "user", "content": "and again?"}]
+                messages = [
+                    *messages,
+                    reply["choices"][0]["message"],
+                    {"role": "user", "content": "and again?"},
+                ]
         finally:
             with COUNTERS.lock:
                 COUNTERS.running -= 1

@@ -129,9 +129,25 @@ def redis_server(workdir: Path) -> Iterator[tuple[str, int]]:
     """A redis-server of the bench's own (its command counts are the bench's alone)."""
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--maxclients", "10000", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxclients",
+            "10000",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 20
@@ -162,7 +178,12 @@ def stub_server(delay_s: float, workdir: Path) -> Iterator[tuple[str, subprocess
     log = (workdir / f"stub-{delay_s:g}.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.inference.stub_server", "--delay-s", str(delay_s)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
     try:
         port = int((proc.stdout.readline() if proc.stdout else "") or 0)
         if not port:
@@ -228,8 +249,7 @@ def counter_totals(after: dict[str, dict], before: dict[str, dict]) -> dict[str,
     for name, now in after.items():
         then = before.get(name, {})
         mongo.update({k: v - then.get("mongo", {}).get(k, 0) for k, v in now["mongo"].items()})
-        redis_cmds.update({k: v - then.get("redis", {}).get(k, 0)
-                           for k, v in now["redis"].items()})
+        redis_cmds.update({k: v - then.get("redis", {}).get(k, 0) for k, v in now["redis"].items()})
         trips += now["redis_round_trips"] - then.get("redis_round_trips", 0)
         if now["role"] == "worker":
             peak += int(now["peak"])
@@ -243,8 +263,16 @@ def mongo_pid(uri: str, mongo_dir: Path) -> int | None:
     return None
 
 
-def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tuple[str, int],
-            workers: int, concurrency: int, latency_s: float, workdir: Path) -> Row:
+def run_row(
+    args: argparse.Namespace,
+    base_url: str,
+    stub_pid: int,
+    redis_at: tuple[str, int],
+    workers: int,
+    concurrency: int,
+    latency_s: float,
+    workdir: Path,
+) -> Row:
     """Run one epoch through beat → queue → worker(s) → MongoDB and measure it."""
     redis_url, redis_pid = redis_at
     n = args.waves * concurrency * workers
@@ -253,18 +281,23 @@ def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tu
     stats_dir = workdir / f"stats-{suffix}"
     stats_dir.mkdir()
     env = dict(os.environ)
-    env.update({
-        "AGENTRL_KEY_PREFIX": f"bench{suffix}", "AGENTRL_DB_NAME": f"bench_{suffix}",
-        "AGENTRL_REDIS_URL": redis_url,
-        "AGENTRL_SAMPLER": "bench", "AGENTRL_SAMPLER_MODULES": "bench.bench_sampler",
-        "AGENTRL_NUM_GENERATIONS": str(GENERATIONS),
-        "AGENTRL_MAX_TRAIN_TASKS": str(n // GENERATIONS),
-        "AGENTRL_MAX_CONCURRENT_SAMPLES_PER_PROCESS": str(concurrency),
-        "AGENTRL_TARGET_CONCURRENCY": str(10 * concurrency * workers),
-        "AGENTRL_REQUEST_TIMEOUT_S": "120",
-        "BENCH_CALLS": str(args.calls), "BENCH_STATS_DIR": str(stats_dir),
-        "PYTHONPATH": f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}",
-    })
+    env.update(
+        {
+            "AGENTRL_KEY_PREFIX": f"bench{suffix}",
+            "AGENTRL_DB_NAME": f"bench_{suffix}",
+            "AGENTRL_REDIS_URL": redis_url,
+            "AGENTRL_SAMPLER": "bench",
+            "AGENTRL_SAMPLER_MODULES": "bench.bench_sampler",
+            "AGENTRL_NUM_GENERATIONS": str(GENERATIONS),
+            "AGENTRL_MAX_TRAIN_TASKS": str(n // GENERATIONS),
+            "AGENTRL_MAX_CONCURRENT_SAMPLES_PER_PROCESS": str(concurrency),
+            "AGENTRL_TARGET_CONCURRENCY": str(10 * concurrency * workers),
+            "AGENTRL_REQUEST_TIMEOUT_S": "120",
+            "BENCH_CALLS": str(args.calls),
+            "BENCH_STATS_DIR": str(stats_dir),
+            "PYTHONPATH": f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}",
+        }
+    )
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("AGENTRL_")})
     config = load_config()
@@ -277,9 +310,23 @@ def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tu
     def celery(kind: str, *extra: str) -> subprocess.Popen:
         log = (workdir / f"{kind}-{suffix}-{len(procs)}.log").open("w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "agentrl", kind, "--loglevel", "WARNING",
-             *extra], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "agentrl",
+                kind,
+                "--loglevel",
+                "WARNING",
+                *extra,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(proc)
         return proc
 
@@ -294,12 +341,18 @@ def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tu
         while len(app.control.ping(timeout=1.0) or []) < workers:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"workers did not start (logs in {workdir})")
-        sampler = Sampler({
-            "worker": [p.pid for p in procs], "stub": [stub_pid],
-            "redis": [redis_pid],
-            **({"mongo": [pid]} if (pid := mongo_pid(dbs.mongo_uri, config.embedded_db_dir))
-               else {}),
-        })
+        sampler = Sampler(
+            {
+                "worker": [p.pid for p in procs],
+                "stub": [stub_pid],
+                "redis": [redis_pid],
+                **(
+                    {"mongo": [pid]}
+                    if (pid := mongo_pid(dbs.mongo_uri, config.embedded_db_dir))
+                    else {}
+                ),
+            }
+        )
         time.sleep(3 * SAMPLE_S)  # the workers' counters after their start
         counted_before = read_counters(stats_dir)
         before = command_counts(client)
@@ -329,8 +382,11 @@ def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tu
         raw = list(records.find({}, {"started_at": 1, "finished_at": 1}))
         first_start = min(aware(r["started_at"]) for r in raw if r.get("started_at"))
         end = max(aware(r["finished_at"]) for r in raw if r.get("finished_at"))
-        spans = sorted((aware(r["finished_at"]) - aware(r["started_at"])).total_seconds()
-                       for r in raw if r.get("finished_at") and r.get("started_at"))
+        spans = sorted(
+            (aware(r["finished_at"]) - aware(r["started_at"])).total_seconds()
+            for r in raw
+            if r.get("finished_at") and r.get("started_at")
+        )
     finally:
         for proc in procs:
             stop(proc)
@@ -346,8 +402,13 @@ def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tu
     throughput = n / (end - pushed).total_seconds()
     ideal = workers * concurrency / (args.calls * latency_s) if latency_s > 0 else None
     return Row(
-        system="agentrl", workers=workers, concurrency=concurrency, latency_s=latency_s,
-        trajectories=n, traj_per_s=throughput, ideal_traj_per_s=ideal,
+        system="agentrl",
+        workers=workers,
+        concurrency=concurrency,
+        latency_s=latency_s,
+        trajectories=n,
+        traj_per_s=throughput,
+        ideal_traj_per_s=ideal,
         fraction_of_ideal=throughput / ideal if ideal else None,
         peak_in_flight=counted["peak"],
         mongo_ops_per_traj=sum(mongo.values()) / n,
@@ -355,8 +416,10 @@ def run_row(args: argparse.Namespace, base_url: str, stub_pid: int, redis_at: tu
         redis_round_trips_per_traj=counted["round_trips"] / n,
         redis_server_cmds_per_traj=sum(redis_delta.values()) / n,
         push_to_first_start_s=(first_start - pushed).total_seconds(),
-        traj_latency_s=sum(spans) / len(spans), traj_latency_p90_s=spans[int(0.9 * len(spans))],
-        worker_cpu_ms_per_traj=1000 * cpu["worker"] / n, worker_rss_mb=sampler.rss_mb,
+        traj_latency_s=sum(spans) / len(spans),
+        traj_latency_p90_s=spans[int(0.9 * len(spans))],
+        worker_cpu_ms_per_traj=1000 * cpu["worker"] / n,
+        worker_rss_mb=sampler.rss_mb,
         cpu_share={kind: seconds / wall_s for kind, seconds in cpu.items()},
         mongo_ops=dict(sorted(mongo.items(), key=lambda kv: -kv[1])),
         redis_top=dict(redis_cmds.most_common(10)),
@@ -369,26 +432,49 @@ def run_upstream(args: argparse.Namespace, concurrency: int, latency_s: float) -
     env = {**os.environ, "UPSTREAM_SRC": args.upstream, "MAX_S": str(args.upstream_max_s)}
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
-        [args.upstream_python, str(UPSTREAM), str(tasks), str(GENERATIONS), str(concurrency),
-         str(latency_s), str(args.calls)],
-        env=env, capture_output=True, text=True, timeout=args.upstream_max_s + 120)
+        [
+            args.upstream_python,
+            str(UPSTREAM),
+            str(tasks),
+            str(GENERATIONS),
+            str(concurrency),
+            str(latency_s),
+            str(args.calls),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=args.upstream_max_s + 120,
+    )
     match = re.search(r"RESULT after ([\d.]+) s: done=(\d+) peak=(\d+)", result.stdout)
     if match is None:
-        match = re.search(r"upstream: (\d+) trajectories in ([\d.]+) s.*peak concurrent (\d+)",
-                          result.stdout)
+        match = re.search(
+            r"upstream: (\d+) trajectories in ([\d.]+) s.*peak concurrent (\d+)", result.stdout
+        )
         if match is None:
-            print(f"upstream printed no result:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}",
-                  file=sys.stderr)
+            print(
+                f"upstream printed no result:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}",
+                file=sys.stderr,
+            )
             return None
         done, wall_s, peak = int(match[1]), float(match[2]), int(match[3])
     else:
         wall_s, done, peak = float(match[1]), int(match[2]), int(match[3])
     ideal = concurrency / (args.calls * latency_s)
     rate = done / wall_s
-    return Row(system="upstream", workers=1, concurrency=concurrency, latency_s=latency_s,
-               trajectories=done, traj_per_s=rate, ideal_traj_per_s=ideal,
-               fraction_of_ideal=rate / ideal, peak_in_flight=peak, mongo_ops_per_traj=None,
-               redis_cmds_per_traj=None)
+    return Row(
+        system="upstream",
+        workers=1,
+        concurrency=concurrency,
+        latency_s=latency_s,
+        trajectories=done,
+        traj_per_s=rate,
+        ideal_traj_per_s=ideal,
+        fraction_of_ideal=rate / ideal,
+        peak_in_flight=peak,
+        mongo_ops_per_traj=None,
+        redis_cmds_per_traj=None,
+    )
 
 
 def print_table(rows: list[Row]) -> None:
@@ -397,39 +483,56 @@ def print_table(rows: list[Row]) -> None:
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    print(f"\n{'system':>8} {'procs':>5} {'conc':>5} {'lat s':>5} {'trajs':>6} {'traj/s':>8} "
-          f"{'ideal':>7} {'of ideal':>8} {'peak':>5} {'mongo/t':>7} {'redis/t':>7} {'trips/t':>7} "
-          f"{'push→1st s':>10} {'cpu ms/t':>8} {'rss MB':>7} {'vs upstr':>8}")
+    print(
+        f"\n{'system':>8} {'procs':>5} {'conc':>5} {'lat s':>5} {'trajs':>6} {'traj/s':>8} "
+        f"{'ideal':>7} {'of ideal':>8} {'peak':>5} {'mongo/t':>7} {'redis/t':>7} {'trips/t':>7} "
+        f"{'push→1st s':>10} {'cpu ms/t':>8} {'rss MB':>7} {'vs upstr':>8}"
+    )
     for r in rows:
-        print(f"{r.system:>8} {r.workers:>5} {r.concurrency:>5} {r.latency_s:>5g} "
-              f"{r.trajectories:>6} {r.traj_per_s:>8.2f} {num(r.ideal_traj_per_s, '.2f'):>7} "
-              f"{num(r.fraction_of_ideal, '.2f'):>8} {r.peak_in_flight:>5} "
-              f"{num(r.mongo_ops_per_traj, '.2f'):>7} {num(r.redis_cmds_per_traj, '.1f'):>7} "
-              f"{num(r.redis_round_trips_per_traj, '.1f'):>7} "
-              f"{num(r.push_to_first_start_s, '.2f'):>10} "
-              f"{num(r.worker_cpu_ms_per_traj, '.2f'):>8} {num(r.worker_rss_mb, '.0f'):>7} "
-              f"{num(r.vs_upstream, '.0f'):>8}")
+        print(
+            f"{r.system:>8} {r.workers:>5} {r.concurrency:>5} {r.latency_s:>5g} "
+            f"{r.trajectories:>6} {r.traj_per_s:>8.2f} {num(r.ideal_traj_per_s, '.2f'):>7} "
+            f"{num(r.fraction_of_ideal, '.2f'):>8} {r.peak_in_flight:>5} "
+            f"{num(r.mongo_ops_per_traj, '.2f'):>7} {num(r.redis_cmds_per_traj, '.1f'):>7} "
+            f"{num(r.redis_round_trips_per_traj, '.1f'):>7} "
+            f"{num(r.push_to_first_start_s, '.2f'):>10} "
+            f"{num(r.worker_cpu_ms_per_traj, '.2f'):>8} {num(r.worker_rss_mb, '.0f'):>7} "
+            f"{num(r.vs_upstream, '.0f'):>8}"
+        )
     for r in rows:
         if r.system == "agentrl":
             share = ", ".join(f"{k} {v:.0%}" for k, v in r.cpu_share.items())
-            print(f"\n{r.workers} proc × {r.concurrency} at {r.latency_s:g} s — trajectory "
-                  f"started → finished {r.traj_latency_s:.2f} s (p90 {r.traj_latency_p90_s:.2f} "
-                  f"s); CPU of a core: {share}\n  mongo: {r.mongo_ops}\n  redis: {r.redis_top}")
+            print(
+                f"\n{r.workers} proc × {r.concurrency} at {r.latency_s:g} s — trajectory "
+                f"started → finished {r.traj_latency_s:.2f} s (p90 {r.traj_latency_p90_s:.2f} "
+                f"s); CPU of a core: {share}\n  mongo: {r.mongo_ops}\n  redis: {r.redis_top}"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--latency-s", type=float, default=2.0)
     parser.add_argument("--calls", type=int, default=3, help="chat calls per trajectory")
-    parser.add_argument("--waves", type=int, default=2,
-                        help="trajectories = waves × concurrency × workers")
+    parser.add_argument(
+        "--waves", type=int, default=2, help="trajectories = waves × concurrency × workers"
+    )
     parser.add_argument("--concurrency", type=int, nargs="*", default=[64, 256, 512, 1024])
-    parser.add_argument("--workers", type=int, nargs="*", default=[1],
-                        help="worker processes (rows with more than 1 use --multi-concurrency)")
-    parser.add_argument("--multi-concurrency", type=int, default=256,
-                        help="concurrency per process of the rows with several processes")
-    parser.add_argument("--ceiling", type=int, default=256,
-                        help="concurrency of the zero-latency rows (0: none)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="worker processes (rows with more than 1 use --multi-concurrency)",
+    )
+    parser.add_argument(
+        "--multi-concurrency",
+        type=int,
+        default=256,
+        help="concurrency per process of the rows with several processes",
+    )
+    parser.add_argument(
+        "--ceiling", type=int, default=256, help="concurrency of the zero-latency rows (0: none)"
+    )
     parser.add_argument("--ceiling-waves", type=int, default=8)
     parser.add_argument("--upstream", default="", help="upstream AgentRL's src directory")
     parser.add_argument("--upstream-python", default=sys.executable)
@@ -450,17 +553,47 @@ def main() -> None:
         if args.latency_s > 0:
             url, stub = stack.enter_context(stub_server(args.latency_s, workdir))
             for concurrency in args.concurrency:
-                rows.append(run_row(args, url, stub.pid, (redis_url, redis_pid), 1, concurrency,
-                                    args.latency_s, workdir))
+                rows.append(
+                    run_row(
+                        args,
+                        url,
+                        stub.pid,
+                        (redis_url, redis_pid),
+                        1,
+                        concurrency,
+                        args.latency_s,
+                        workdir,
+                    )
+                )
             for workers in (w for w in args.workers if w > 1):
-                rows.append(run_row(args, url, stub.pid, (redis_url, redis_pid), workers,
-                                    args.multi_concurrency, args.latency_s, workdir))
+                rows.append(
+                    run_row(
+                        args,
+                        url,
+                        stub.pid,
+                        (redis_url, redis_pid),
+                        workers,
+                        args.multi_concurrency,
+                        args.latency_s,
+                        workdir,
+                    )
+                )
         if args.ceiling:
             url, stub = stack.enter_context(stub_server(0.0, workdir))
             ceiling_args = argparse.Namespace(**{**vars(args), "waves": args.ceiling_waves})
             for workers in sorted(set(args.workers) | {1}):
-                rows.append(run_row(ceiling_args, url, stub.pid, (redis_url, redis_pid), workers,
-                                    args.ceiling, 0.0, workdir))
+                rows.append(
+                    run_row(
+                        ceiling_args,
+                        url,
+                        stub.pid,
+                        (redis_url, redis_pid),
+                        workers,
+                        args.ceiling,
+                        0.0,
+                        workdir,
+                    )
+                )
     if args.upstream:
         for concurrency in args.upstream_concurrency:
             upstream = run_upstream(args, concurrency, args.latency_s)
@@ -468,19 +601,27 @@ def main() -> None:
                 continue
             for row in rows:
                 if (row.concurrency, row.workers, row.latency_s) == (
-                        concurrency, 1, args.latency_s):
+                    concurrency,
+                    1,
+                    args.latency_s,
+                ):
                     row.vs_upstream = row.traj_per_s / upstream.traj_per_s
             rows.append(upstream)
     load_after = os.getloadavg()
     if args.json:
         for row in rows:
             print(json.dumps(asdict(row)))
-        print(json.dumps({"load_avg_before": load, "load_avg_after": load_after,
-                          "cpus": os.cpu_count()}))
+        print(
+            json.dumps(
+                {"load_avg_before": load, "load_avg_after": load_after, "cpus": os.cpu_count()}
+            )
+        )
         return
     print_table(rows)
-    print(f"\nload average before {load[0]:.2f}, after {load_after[0]:.2f} "
-          f"({os.cpu_count()} CPUs; logs in {workdir})")
+    print(
+        f"\nload average before {load[0]:.2f}, after {load_after[0]:.2f} "
+        f"({os.cpu_count()} CPUs; logs in {workdir})"
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,10 @@ local function load(key, counts, skip)
 end
 """
 
-_SYNC = _NOW + _LOAD + """
+_SYNC = (
+    _NOW
+    + _LOAD
+    + """
 local out = {}
 for i = 1, #KEYS, 2 do
   local key, counts = KEYS[i], KEYS[i + 1]
@@ -73,14 +76,19 @@ for i = 1, #KEYS, 2 do
 end
 return out
 """
+)
 """Write this process's count on each service (KEYS: set, counts, ...; ARGV: token, ttl ms,
 count per service), drop lapsed members, return the other members' requests per service."""
 
-_LOADS = _NOW + _LOAD + """
+_LOADS = (
+    _NOW
+    + _LOAD
+    + """
 local out = {}
 for i = 1, #KEYS, 2 do table.insert(out, load(KEYS[i], KEYS[i + 1], '')) end
 return out
 """
+)
 """Requests running on each service, every live member counted (KEYS: set, counts, ...)."""
 
 
@@ -144,8 +152,9 @@ class SlotBoard:
         """
         if give_back is not None:
             self.drop(give_back)
-        if (time.monotonic() - self._viewed_at > VIEW_MAX_AGE_S
-                or any(key not in self.others for key in candidates)):
+        if time.monotonic() - self._viewed_at > VIEW_MAX_AGE_S or any(
+            key not in self.others for key in candidates
+        ):
             await self.refresh(candidates)
         loads = [self.others.get(key, 0) + self.mine.get(key, 0) for key in candidates]
         best = loads.index(min(loads))
@@ -168,8 +177,9 @@ class SlotBoard:
         at most :data:`VIEW_MAX_AGE_S` ago."""
         if not keys:
             return []
-        if (time.monotonic() - self._viewed_at > VIEW_MAX_AGE_S
-                or any(key not in self.others for key in keys)):
+        if time.monotonic() - self._viewed_at > VIEW_MAX_AGE_S or any(
+            key not in self.others for key in keys
+        ):
             await self.refresh(keys)
         return [self.others.get(k, 0) + self.mine.get(k, 0) for k in keys]
 
@@ -188,15 +198,13 @@ class SlotBoard:
         except RedisError:
             if self._viewed_at < 0 or any(k not in self.others for k in keys or []):
                 raise
-            log.warning("could not sync the request slots; routing on the last view",
-                        exc_info=True)
+            log.warning("could not sync the request slots; routing on the last view", exc_info=True)
 
     async def _write_and_read(self) -> None:
         try:
             keys = list(self.mine)
             counts = [self.mine[k] for k in keys]
-            others = await self._sync(keys=_pairs(keys),
-                                      args=[self.token, self.ttl_ms, *counts])
+            others = await self._sync(keys=_pairs(keys), args=[self.token, self.ttl_ms, *counts])
             self.others.update(zip(keys, (int(n) for n in others), strict=True))
             self._viewed_at = time.monotonic()
             self.syncs += 1
