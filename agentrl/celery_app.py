@@ -45,10 +45,11 @@ HOUSEKEEPING_TASK = "agentrl.housekeeping"
 """Name of the job re-sending claims whose lease expired."""
 SAMPLING_QUEUE = "sampling"
 EVALUATION_QUEUE = "evaluation"
-HANDOFF_THREADS = 16
-"""Threads of the default pool: they only hand trajectories over (each blocks until its
-trajectory is admitted and leased), so a few are enough; 16 keep hundreds of trajectories a
-second flowing into one process while some wait for admission."""
+HANDOFF_THREADS = 4
+"""Threads of the default pool: they only hand trajectories over, so a few are enough (16 fill a
+512-trajectory process faster, but kombu 5.7's consumer then dies on a Redis restart: closing
+the lost connection restores the more numerous unacknowledged messages through a client it
+cannot build — ``'NoneType' object has no attribute 'hostname'``)."""
 TASK_MODULES = [
     "workers.sampling",
     "workers.evaluation",
