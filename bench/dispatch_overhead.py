@@ -263,6 +263,14 @@ def mongo_pid(uri: str, mongo_dir: Path) -> int | None:
     return None
 
 
+def stop_embedded_mongo(mongo_dir: Path) -> None:
+    """Stop the embedded MongoDB-wire server the bench started in ``mongo_dir``."""
+    pid = mongo_pid("", mongo_dir)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
 def run_row(
     args: argparse.Namespace,
     base_url: str,
@@ -549,6 +557,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         if not os.environ.get("AGENTRL_DB_CONNECTION_STRING"):
             os.environ["AGENTRL_EMBEDDED_DB_DIR"] = str(workdir / "mongo")
+            stack.callback(stop_embedded_mongo, workdir / "mongo")
         redis_url, redis_pid = stack.enter_context(redis_server(workdir))
         if args.latency_s > 0:
             url, stub = stack.enter_context(stub_server(args.latency_s, workdir))
