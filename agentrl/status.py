@@ -32,8 +32,8 @@ from agentrl.databases import (
     TaskStatus,
 )
 from agentrl.inference.services import list_services
-from agentrl.rollout.leases import slot_loads
 from agentrl.rollout.ledger import GlobalStep, RedisKeys, failures_by_kind
+from agentrl.rollout.slots import slot_loads
 
 QUEUES = (SAMPLING_QUEUE, EVALUATION_QUEUE)
 """The broker queues reported."""

@@ -19,6 +19,7 @@ from agentrl.databases.documents import (
     ServiceStatus,
     Task,
     TaskStatus,
+    calls_token_exact,
     register_new_model,
     utcnow,
 )
@@ -28,6 +29,7 @@ from agentrl.errors import NoTaskAvailableError
 
 __all__ = [
     "AsyncMongoStore",
+    "calls_token_exact",
     "Databases",
     "DispatchStatus",
     "DispatchedSamplingTask",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, TypeVar
@@ -351,6 +352,11 @@ class DispatchedSamplingTask(Document):
     error: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict, description="Observation refs, actions...")
 
+    @property
+    def token_exact(self) -> bool:
+        """Whether the call carries the engine's prompt and completion ids."""
+        return bool(self.prompt_token_ids and self.completion_token_ids)
+
 
 @register_new_model
 class InferenceService(Document):
@@ -420,3 +426,17 @@ class RunState(Document):
     training_finished: bool = Field(
         False, description="The trainer is done (max_steps): no more train epochs are pushed."
     )
+
+
+def calls_token_exact(calls: Sequence[DispatchedSamplingTask]) -> bool:
+    """Whether a trajectory trains token-exact: every completed call carries the engine's prompt
+    and completion ids (else its calls train through the chat-template fallback).
+
+    Args:
+        calls: the trajectory's LLM calls (any status).
+
+    Returns:
+        False when no call completed.
+    """
+    done = [c for c in calls if c.status == DispatchStatus.COMPLETED and c.response is not None]
+    return bool(done) and all(c.token_exact for c in done)

@@ -6,10 +6,13 @@ One call of :meth:`Router.create_chat_completion`:
 1. **pick** — the live services serving the model (UP, heartbeat younger than
    ``service_heartbeat_ttl_s``, or not managed by a trainer — external endpoints and SGLang
    nodes added with ``agentrl services add``; read from MongoDB at most every
-   :data:`SERVICE_CACHE_S`) whose circuit is closed; one Redis script takes a slot on the one
-   with the fewest running requests. A slot is an expiring lease (renewed by the process's
-   heartbeat), so the requests of a killed worker stop counting after ``lease_ttl_s``. While no
-   service is routable (a weight update, an outage) the call waits.
+   :data:`SERVICE_CACHE_S`) whose circuit is closed; a slot is taken on the one with the fewest
+   running requests (:class:`~agentrl.rollout.slots.SlotBoard`: this process's requests counted
+   in memory and written to Redis as one expiring member per process, at most every
+   :data:`~agentrl.rollout.slots.SYNC_S` and at each heartbeat, with the other processes'
+   requests read back in the same round trip), so the requests of a killed worker stop counting
+   after ``lease_ttl_s``. While no service is routable (a weight update, an outage) the call
+   waits.
 2. **send** — ``POST <endpoint>/v1/chat/completions`` with the body of
    :func:`~agentrl.inference.protocol.build_chat_body` (config sampling defaults unless
    overridden, ``logprobs: true``, ``return_token_ids: true`` for SGLang and the CPU engine). A
@@ -44,7 +47,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import redis.asyncio as aioredis
 from pymongo.errors import PyMongoError
 
@@ -57,7 +60,12 @@ from agentrl.databases import (
     ServiceStatus,
     utcnow,
 )
-from agentrl.databases.objectstore import ObjectStore, externalize, open_object_store
+from agentrl.databases.objectstore import (
+    ObjectStore,
+    externalize,
+    has_blobs,
+    open_object_store,
+)
 from agentrl.errors import InferenceRequestError, NoServiceAvailableError
 from agentrl.inference.protocol import (
     body_for_kind,
@@ -85,6 +93,8 @@ BACKOFF_MAX_S = 10.0
 CIRCUIT_OPEN_MAX_S = 60.0
 """Longest time an open circuit keeps a failing service out of routing, in seconds."""
 
+KEEPALIVE_S = 60.0
+"""Seconds an idle keep-alive connection to a service stays open."""
 PAUSED_TTL_S = 120.0
 """Seconds a 'sampling paused' reason stays in Redis unless renewed."""
 
@@ -153,25 +163,34 @@ class Router:
         self.config, self.store, self.redis, self.leases = config, store, redis, leases
         self.keys = RedisKeys(config.key_prefix)
         self._step = step
-        self._http: httpx.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._objects: ObjectStore | None = None
         self._services: dict[str, tuple[float, list[InferenceService]]] = {}
+        self._service_reads: dict[str, asyncio.Future[list[InferenceService]]] = {}
         self.circuits: dict[str, Circuit] = {}
 
     @property
-    def http(self) -> httpx.AsyncClient:
-        """The shared HTTP client (created on first use)."""
-        if self._http is None:
-            self._http = httpx.AsyncClient(
-                timeout=self.config.request_timeout_s,
-                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+    def http(self) -> aiohttp.ClientSession:
+        """The process's HTTP client (created on first use, inside the running event loop).
+
+        aiohttp's connection pool hands out a keep-alive connection in constant time, so the
+        client's cost per request does not grow with the number of requests in flight (httpx's
+        pool bookkeeping did: encode/httpcore#1035). No limit on connections: admission and the
+        services' slots bound the requests in flight.
+        """
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0,
+                                               keepalive_timeout=KEEPALIVE_S),
+                timeout=aiohttp.ClientTimeout(total=self.config.request_timeout_s),
+                json_serialize=json.dumps,
             )
         return self._http
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
             self._http = None
 
     # --- service choice ------------------------------------------------------------------------
@@ -188,11 +207,19 @@ class Router:
 
     async def live_services(self, model: str) -> list[InferenceService]:
         """The UP services of ``model`` with a fresh heartbeat (cached :data:`SERVICE_CACHE_S`;
-        while MongoDB does not answer, the last list seen)."""
-        now = time.monotonic()
+        concurrent callers of a stale entry share one query; while MongoDB does not answer,
+        the last list seen)."""
         cached = self._services.get(model)
-        if cached is not None and now - cached[0] < SERVICE_CACHE_S:
+        if cached is not None and time.monotonic() - cached[0] < SERVICE_CACHE_S:
             return cached[1]
+        pending = self._service_reads.get(model)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_services(model))
+            self._service_reads[model] = pending
+        return await asyncio.shield(pending)
+
+    async def _read_services(self, model: str) -> list[InferenceService]:
+        cached = self._services.get(model)
         coll = self.store.collection(InferenceService)
         try:
             services = [InferenceService.from_mongo(raw)
@@ -203,7 +230,9 @@ class Router:
             log.warning("service registry unreachable; routing to the %d services last seen",
                         len(cached[1]))
             services = cached[1]  # MongoDB is down: the services themselves may well be up
-        self._services[model] = (now, services)
+        finally:
+            self._service_reads.pop(model, None)
+        self._services[model] = (time.monotonic(), services)
         return services
 
     async def acquire(
@@ -300,16 +329,17 @@ class Router:
         url = f"{service.endpoint.rstrip('/')}/v1/chat/completions"
         body = body_for_kind(body, service.kind)
         try:
-            resp = await self.http.post(url, json=body, headers=headers)
-        except httpx.TransportError as exc:
+            async with self.http.post(url, json=body, headers=headers) as resp:
+                status, raw = resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise InferenceRequestError(service.endpoint, repr(exc), transient=True) from exc
-        if resp.status_code >= 400:
+        if status >= 400:
             raise InferenceRequestError(
-                service.endpoint, resp.text[:500], status_code=resp.status_code,
-                transient=resp.status_code in TRANSIENT_STATUS,
+                service.endpoint, raw[:500].decode("utf-8", "replace"), status_code=status,
+                transient=status in TRANSIENT_STATUS,
             )
         try:
-            data = resp.json()
+            data = json.loads(raw)
         except ValueError as exc:
             raise InferenceRequestError(service.endpoint, "the response is not JSON") from exc
         parse_chat_completion(data, service.endpoint)  # raises on an aborted or empty reply
@@ -356,8 +386,10 @@ class Router:
             created_at_step=await self._global_step(),
             started_at=utcnow(),
         )
+        # images go to the object store on a thread; a body without any is stored as it is
         task.request = await asyncio.to_thread(
-            externalize, body, self.objects, f"dispatch/{task.record_id or 'none'}")
+            externalize, body, self.objects, f"dispatch/{task.record_id or 'none'}",
+        ) if has_blobs(body) else body
         self._log(task, recorder)
         started = time.monotonic()
         try:

@@ -10,9 +10,9 @@ Two kinds share the mechanism:
   the keeper then reports it lost. A member with no owner and a score
   in the past or near future is a claim waiting to be re-sent (see
   :meth:`LeaseKeeper.hand_back`); :func:`take_expired` collects those whose time has come.
-- **slots** (requests running on an inference service): a member per request, no owner. The
-  number of live members of a service's set is its load; a killed worker's slots stop counting
-  when they expire.
+- **slots** (requests running on an inference service): the process's count of requests per
+  service, kept by its :class:`~agentrl.rollout.slots.SlotBoard` (a member per process, no
+  round trip per request); a killed worker's requests stop counting when its member expires.
 
 One :class:`LeaseKeeper` per process extends everything it holds every ``interval_s`` in one
 Redis pipeline, so the Redis work of the heartbeat grows with the leases held, not with time.
@@ -30,6 +30,10 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
+
+from agentrl.rollout.slots import SlotBoard, slot_loads
+
+__all__ = ["LeaseKeeper", "OwnedSet", "SlotBoard", "owned_members", "slot_loads", "take_expired"]
 
 log = logging.getLogger(__name__)
 
@@ -96,34 +100,6 @@ return out
 """
 """Remove up to ARGV[1] lapsed members and return their payloads (work ∝ what expired)."""
 
-_TAKE_SLOT = _NOW + """
-local n = tonumber(ARGV[3])
-if ARGV[4] ~= '' then redis.call('ZREM', KEYS[n + 1], ARGV[4]) end
-local best, best_load = 0, -1
-for i = 1, n do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  local load = redis.call('ZCARD', KEYS[i])
-  if best_load < 0 or load < best_load then best, best_load = i, load end
-end
-if best > 0 then redis.call('ZADD', KEYS[best], now + tonumber(ARGV[2]), ARGV[1]) end
-return {best, best_load}
-"""
-"""Take a slot on the least-loaded of the first ARGV[3] KEYS (each a service's set of running
-requests), giving back a previous slot (member ARGV[4] of KEYS[n + 1]) in the same round trip."""
-
-_EXTEND_SLOTS = _NOW + """
-for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[1]), ARGV[i + 1]) end
-return #KEYS
-"""
-
-_LOADS = _NOW + """
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('ZCOUNT', key, now, '+inf') end
-return out
-"""
-"""Live members of each set (a service's running requests)."""
-
-
 @dataclass(frozen=True)
 class OwnedSet:
     """The three keys of a family of owned leases.
@@ -160,13 +136,6 @@ def owned_members(client: redis.Redis, owned: OwnedSet) -> set[str]:
     return {m.decode() if isinstance(m, bytes) else str(m) for m in client.hkeys(owned.owners)}
 
 
-def slot_loads(client: redis.Redis, keys: list[str]) -> list[int]:
-    """Live members of each slot set in ``keys`` (sync; ``agentrl status``)."""
-    if not keys:
-        return []
-    return [int(n) for n in client.eval(_LOADS, len(keys), *keys)]
-
-
 class LeaseKeeper:
     """Holds one process's leases and slots and extends them with a heartbeat.
 
@@ -191,14 +160,11 @@ class LeaseKeeper:
         self.token = uuid.uuid4().hex
         self.on_lost = on_lost
         self._owned: dict[tuple[OwnedSet, str], str] = {}  # (set, member) -> payload
-        self._slots: dict[str, str] = {}  # member -> slot set key
+        self.slots = SlotBoard(redis, self.token, ttl_s)
         self._task: asyncio.Task[None] | None = None
         self._acquire = redis.register_script(_ACQUIRE)
         self._extend = redis.register_script(_EXTEND)
         self._release = redis.register_script(_RELEASE)
-        self._take_slot = redis.register_script(_TAKE_SLOT)
-        self._extend_slots = redis.register_script(_EXTEND_SLOTS)
-        self._loads = redis.register_script(_LOADS)
 
     # --- owned leases ----------------------------------------------------------------------------
 
@@ -245,46 +211,39 @@ class LeaseKeeper:
     async def take_slot(
         self, candidates: list[str], give_back: str | None = None
     ) -> tuple[int, str]:
-        """Take a slot on the least-loaded set of ``candidates`` (one round trip).
+        """Take a slot on the least-loaded set of ``candidates`` (:meth:`SlotBoard.take`).
 
         Args:
             candidates: slot set keys (one per inference service), at least one.
-            give_back: a slot member this process holds, released in the same round trip.
+            give_back: a slot this process holds, released first.
 
         Returns:
-            ``(index, member)``: the index into ``candidates`` of the set the slot was taken on
-            (ties: the first) and the slot's member id (give it to :meth:`drop_slot`).
+            ``(index, slot)``: the index into ``candidates`` of the service the slot was taken
+            on (ties: the first) and the slot's id (give it to :meth:`drop_slot`).
         """
-        member = uuid.uuid4().hex
-        back_key = self._slots.pop(give_back, None) if give_back else None
-        keys = [*candidates, back_key] if back_key else list(candidates)
-        best, _ = await self._take_slot(
-            keys=keys, args=[member, self.ttl_ms, len(candidates), give_back if back_key else ""])
-        self._slots[member] = candidates[int(best) - 1]
+        taken = await self.slots.take(candidates, give_back)
         self._ensure_heartbeat()
-        return int(best) - 1, member
+        return taken
 
     async def drop_slot(self, member: str) -> None:
         """Release a slot taken with :meth:`take_slot` (idempotent)."""
-        key = self._slots.pop(member, None)
-        if key is not None:
-            await self.redis.zrem(key, member)
+        self.slots.drop(member)
 
     async def loads(self, keys: list[str]) -> list[int]:
-        """Live slots of each set in ``keys`` (one round trip)."""
-        if not keys:
-            return []
-        return [int(n) for n in await self._loads(keys=keys, args=[])]
+        """Requests running on each service of ``keys`` (:meth:`SlotBoard.loads`)."""
+        return await self.slots.loads(keys)
 
     # --- heartbeat -------------------------------------------------------------------------------
 
     async def beat(self) -> None:
-        """Extend every held lease and slot once (one pipeline); report leases taken over."""
+        """Extend every held lease once (one pipeline) and renew the process's request counts;
+        report leases taken over."""
+        if self.slots.mine:
+            await self.slots.refresh()
         by_set: dict[OwnedSet, list[tuple[str, str]]] = {}
         for (owned, member), payload in list(self._owned.items()):
             by_set.setdefault(owned, []).append((member, payload))
-        slots = list(self._slots.items())
-        if not by_set and not slots:
+        if not by_set:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for owned, members in by_set.items():
@@ -292,9 +251,6 @@ class LeaseKeeper:
                 for member, payload in members:
                     args += [member, payload]
                 await self._extend(keys=[*owned.keys, owned.alive], args=args, client=pipe)
-            if slots:
-                await self._extend_slots(keys=[k for _, k in slots],
-                                         args=[self.ttl_ms, *[m for m, _ in slots]], client=pipe)
             results = await pipe.execute()
         for (owned, members), flags in zip(by_set.items(), results, strict=False):
             for (member, _), ok in zip(members, flags, strict=False):
@@ -317,6 +273,7 @@ class LeaseKeeper:
 
     async def aclose(self) -> None:
         """Stop the heartbeat and release every lease and slot still held."""
+        await self.slots.aclose()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -325,6 +282,3 @@ class LeaseKeeper:
         for owned, member in list(self._owned):
             with contextlib.suppress(Exception):
                 await self.release(owned, member)
-        for member in list(self._slots):
-            with contextlib.suppress(Exception):
-                await self.drop_slot(member)

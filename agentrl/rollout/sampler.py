@@ -100,6 +100,7 @@ class SamplerContext:
         self._tasks: collections.OrderedDict[str, asyncio.Future[dict[str, Any] | None]] = (
             collections.OrderedDict())
         self._step, self._step_read_at = 0, -1.0
+        self._step_read: asyncio.Future[int] | None = None
 
     @classmethod
     def open(cls, config: AgentTrainingConfig, enqueue: Enqueue | None = None) -> SamplerContext:
@@ -151,16 +152,25 @@ class SamplerContext:
 
     async def global_step(self) -> int:
         """The trainer's global step, read at most every :data:`STEP_REFRESH_S` seconds (the
-        Redis cache, or MongoDB's run state when Redis lost it)."""
-        now = time.monotonic()
-        if now - self._step_read_at >= STEP_REFRESH_S:
+        Redis cache, or MongoDB's run state when Redis lost it; concurrent callers share one
+        read)."""
+        if time.monotonic() - self._step_read_at < STEP_REFRESH_S:
+            return self._step
+        if self._step_read is None:
+            self._step_read = asyncio.ensure_future(self._read_step())
+        return await asyncio.shield(self._step_read)
+
+    async def _read_step(self) -> int:
+        try:
             value = await self.redis.get(self.ledger.keys.global_step)
             if value is None:
                 raw = await self.store.collection(RunState).find_one(
                     {"_id": RUN_STATE_ID}, {"global_step": 1})
                 value = (raw or {}).get("global_step") or 0
-            self._step, self._step_read_at = int(value), now
-        return self._step
+            self._step, self._step_read_at = int(value), time.monotonic()
+            return self._step
+        finally:
+            self._step_read = None
 
     async def aclose(self) -> None:
         """Release leases, close the router and the connections."""

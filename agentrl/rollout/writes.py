@@ -7,6 +7,7 @@ collection's batch as one unordered ``bulk_write`` of upserts by ``_id``:
 
 - a later write of a document still waiting replaces it (``pending → running`` within the
   window reaches MongoDB as one write; a status that lasts longer than the window is stored);
+  the document is serialized when its batch is written, so the replaced states cost nothing;
 - writes of one document reach MongoDB in the order they were made (batches are sequential);
 - the future each write returns resolves once its batch is stored; the trajectory awaits the
   futures of its calls before its Record is finished, so a READY Record never lacks its calls;
@@ -21,7 +22,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from pymongo import ReplaceOne
 from pymongo.errors import ConnectionFailure, PyMongoError
@@ -36,7 +36,7 @@ RETRY_BACKOFF_MAX_S = 5.0
 
 @dataclass
 class _Entry:
-    doc: dict[str, Any]
+    doc: Document
     futures: list[asyncio.Future[None]] = field(default_factory=list)
 
 
@@ -65,14 +65,13 @@ class WriteBuffer:
         Returns:
             A future resolved once the document is stored.
         """
-        data = doc.to_mongo()
         pending = self._pending.setdefault(doc.collection_name, {})
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = pending.get(data["_id"])
+        entry = pending.get(doc.id)
         if entry is None:
-            pending[data["_id"]] = _Entry(data, [future])
+            pending[doc.id] = _Entry(doc, [future])
         else:
-            entry.doc = data
+            entry.doc = doc
             entry.futures.append(future)
         self._wake.set()
         if self._task is None or self._task.done():
@@ -95,7 +94,17 @@ class WriteBuffer:
             await self.flush()
 
     async def _write(self, collection: str, entries: dict[str, _Entry]) -> None:
-        ops = [ReplaceOne({"_id": key}, e.doc, upsert=True) for key, e in entries.items()]
+        ops = []
+        for key, entry in list(entries.items()):
+            try:
+                ops.append(ReplaceOne({"_id": key}, entry.doc.to_mongo(), upsert=True))
+            except Exception as exc:  # noqa: BLE001 - one bad document fails only its writers
+                del entries[key]
+                for future in entry.futures:
+                    if not future.done():
+                        future.set_exception(exc)
+        if not ops:
+            return
         deadline = time.monotonic() + self.retry_for_s
         pause = 0.2
         error: BaseException | None = None

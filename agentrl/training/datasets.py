@@ -28,7 +28,12 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from agentrl.databases.documents import DispatchedSamplingTask, DispatchStatus, Record
+from agentrl.databases.documents import (
+    DispatchedSamplingTask,
+    DispatchStatus,
+    Record,
+    calls_token_exact,
+)
 from agentrl.databases.objectstore import ObjectStore, internalize
 from agentrl.errors import AlignmentError, UnknownConverterError
 
@@ -178,17 +183,8 @@ def _call_is_token_exact(call: DispatchedSamplingTask) -> bool:
 
 
 def is_token_exact(calls: Sequence[DispatchedSamplingTask]) -> bool:
-    """Whether a trajectory trains token-exact: every completed call carries the engine's prompt
-    and completion ids (else its calls train through the chat-template fallback).
-
-    Args:
-        calls: the trajectory's LLM calls (any status).
-
-    Returns:
-        False when no call completed.
-    """
-    done = [c for c in calls if c.status == DispatchStatus.COMPLETED and c.response is not None]
-    return bool(done) and all(_call_is_token_exact(c) for c in done)
+    """Whether a trajectory trains token-exact (:func:`agentrl.databases.calls_token_exact`)."""
+    return calls_token_exact(calls)
 
 
 def _extends_ids(call: DispatchedSamplingTask, current: DBRecordData) -> bool:

@@ -10,10 +10,14 @@ and can answer them HTTP 200 with ``finish_reason: "abort"`` as SGLang does for 
 request; :attr:`StubServer.outage` makes every service answer HTTP 500 (``"error"``) or nothing
 (``"hang"``, until it is cleared) and :attr:`StubServer.delay_s` delays every answer. What it
 samples is :attr:`StubServer.script` (default: ``from <sid>`` as ids 11, 12, 13).
+
+``python -m tests.inference.stub_server --delay-s 2`` serves it on its own (the dispatch
+benchmark's inference service); it prints its port and records nothing (``keep=False``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import threading
 import time
@@ -43,10 +47,17 @@ def default_script(sid: str, body: dict[str, Any]) -> tuple[
 
 
 class StubServer:
-    """The stub, served by uvicorn on a background thread."""
+    """The stub, served by uvicorn on a background thread.
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    Args:
+        keep: record each request body, header and reply (tests read them); ``False`` keeps
+            only the counts (a long benchmark).
+        port: the port to serve on (default: a free one).
+    """
+
+    def __init__(self, keep: bool = True, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.keep = keep
         self.counts: Counter[str] = Counter()
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self.headers: dict[str, dict[str, str]] = {}
@@ -67,8 +78,9 @@ class StubServer:
             body = await request.json()
             with self._lock:
                 self.counts[sid] += 1
-                self.bodies.append((sid, body))
-                self.headers[sid] = dict(request.headers)
+                if self.keep:
+                    self.bodies.append((sid, body))
+                    self.headers[sid] = dict(request.headers)
                 self._arrived += 1
                 if self._arrived >= self.hold_until:
                     self._release.set()
@@ -91,8 +103,9 @@ class StubServer:
                 content, ids, logprobs, finish = "", ids[:1], logprobs[:1], "abort"
             reply = sglang_chat_reply(body, content, prompt, ids, logprobs, finish,
                                       weight_version=f"v-{sid}")
-            with self._lock:
-                self.replies.append((sid, reply))
+            if self.keep:
+                with self._lock:
+                    self.replies.append((sid, reply))
             return reply
 
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
@@ -120,3 +133,20 @@ class StubServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def main() -> None:
+    """Serve the stub until killed (``--delay-s``: seconds every answer waits)."""
+    parser = argparse.ArgumentParser(description="SGLang chat-completions stub")
+    parser.add_argument("--delay-s", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    stub = StubServer(keep=False, port=args.port or None)
+    stub.delay_s = args.delay_s
+    with stub:
+        print(stub.port, flush=True)
+        stub.thread.join()
+
+
+if __name__ == "__main__":
+    main()

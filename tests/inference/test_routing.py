@@ -25,8 +25,8 @@ from agentrl.databases import (
 )
 from agentrl.errors import InferenceRequestError, NoServiceAvailableError
 from agentrl.inference.routing import Router
-from agentrl.rollout.leases import slot_loads
 from agentrl.rollout.ledger import GlobalStep, RedisKeys
+from agentrl.rollout.slots import slot_loads
 from tests.inference.routing_helpers import Recorder, with_router
 from tests.inference.stub_server import StubServer
 

@@ -3,6 +3,7 @@
 from agentrl.databases.objectstore.base import (
     ObjectStore,
     externalize,
+    has_blobs,
     internalize,
     is_ref,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "ObjectStore",
     "S3ObjectStore",
     "externalize",
+    "has_blobs",
     "internalize",
     "is_ref",
     "open_object_store",

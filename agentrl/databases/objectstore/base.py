@@ -84,6 +84,22 @@ def externalize(value: Any, store: ObjectStore, prefix: str = "blobs") -> Any:
     return value
 
 
+def has_blobs(value: Any) -> bool:
+    """Whether :func:`externalize` would move anything of ``value`` (bytes or a base64
+    ``data:`` URL of at least :data:`MIN_EXTERNAL_BYTES`); a walk without I/O, so a caller can
+    skip handing small values to a thread."""
+    if isinstance(value, bytes | bytearray):
+        return len(value) >= MIN_EXTERNAL_BYTES
+    if isinstance(value, str):
+        return len(value) >= MIN_EXTERNAL_BYTES and value.startswith("data:") and (
+            ";base64," in value)
+    if isinstance(value, dict):
+        return any(has_blobs(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_blobs(v) for v in value)
+    return False
+
+
 def is_ref(value: Any) -> bool:
     """Whether ``value`` is a reference left by :func:`externalize`."""
     return isinstance(value, dict) and REF_KEY in value

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import aiohttp
 import httpx
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
@@ -35,7 +36,7 @@ no GRPO signal and is ABANDONED (the only tolerance; the trainer uses it too).""
 
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     InferenceError, AgentEnvError, InfrastructureError, ConnectionError, TimeoutError,
-    PyMongoError, RedisError, httpx.TransportError,
+    PyMongoError, RedisError, httpx.TransportError, aiohttp.ClientError,
 )
 """Exceptions that mean something outside the sampler failed (see :func:`classify_failure`)."""
 
@@ -57,7 +58,8 @@ class RedisKeys:
     ``<p>:ledger:alive`` — set while Redis holds the run's ledger state (its absence means Redis
     lost it); ``<p>:counter:global_step`` — cache of :class:`GlobalStep`;
     ``<p>:lock:<name>`` — :class:`~agentrl.databases.DistributedLock` names;
-    ``<p>:service:<id>:requests`` — requests running on an inference service (slots);
+    ``<p>:service:<id>:requests`` (+ ``:counts``) — requests running on an inference service:
+    a member per worker process with its count (:mod:`agentrl.rollout.slots`);
     ``<p>:sampling:paused`` — why sampling waits (service name → reason);
     ``<p>:`` — the prefix of Celery's own keys (kombu ``global_keyprefix``).
     """
@@ -94,7 +96,8 @@ class RedisKeys:
         return f"{self.prefix}:lock:{name}"
 
     def service_slots(self, service_id: str) -> str:
-        """The sorted set of requests running on service ``service_id`` (member → expiry)."""
+        """The sorted set of the processes running requests on service ``service_id`` (member →
+        expiry; their counts in the hash ``<key>:counts``, a member without one is one request)."""
         return f"{self.prefix}:service:{service_id}:requests"
 
     @property

@@ -28,6 +28,7 @@ from agentrl.databases import (
     RecordStatus,
     Task,
     TaskStatus,
+    calls_token_exact,
     utcnow,
 )
 from agentrl.databases.objectstore import ObjectStore
@@ -52,7 +53,6 @@ from agentrl.rollout.ledger.rules import (
 )
 from agentrl.rollout.storable import check_document_size, to_storable
 from agentrl.rollout.writes import WriteBuffer
-from agentrl.training.datasets import is_token_exact
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +434,7 @@ class Attempt:
         calls = list(self.calls.values())
         if not any(c.status == DispatchStatus.COMPLETED for c in calls):
             return None
-        return is_token_exact(calls)
+        return calls_token_exact(calls)
 
     @contextlib.asynccontextmanager
     async def scoring(self) -> AsyncIterator[None]:
