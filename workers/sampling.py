@@ -13,6 +13,7 @@ trajectory and hands the unfinished ones back (:meth:`SamplingRuntime.close`).
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -28,6 +29,22 @@ from celery.signals import (
 from agentrl.celery_app import SAMPLE_TASK, requested_pool
 from agentrl.rollout.claims import Claim
 from agentrl.rollout.runtime import check_pool, close_runtime, runtime_for, stop_admitting
+
+NOT_ADMITTED = "not admitted"
+"""Start of the reason of a Reject for back-pressure (the runtime is full or closing)."""
+
+
+class _BackPressureFilter(logging.Filter):
+    """Keeps Celery's tracer from logging a back-pressure requeue as a WARNING with a traceback
+    (Celery logs every ``Reject`` so): a message put back because this process is full or
+    stopping is how admission works, not a fault, and would flood the log under load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        return not (isinstance(data, dict) and NOT_ADMITTED in str(data.get("exc", "")))
+
+
+logging.getLogger("celery.app.trace").addFilter(_BackPressureFilter())
 
 
 @shared_task(name=SAMPLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
@@ -48,7 +65,7 @@ def sample(self: Task, **claim: Any) -> str:
     """
     outcome = runtime_for(self.app).submit(Claim.from_json(claim))
     if outcome in ("closing", "busy"):
-        raise Reject(f"not admitted ({outcome})", requeue=True)
+        raise Reject(f"{NOT_ADMITTED} ({outcome})", requeue=True)
     return outcome
 
 
