@@ -31,16 +31,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Databases, InferenceService, ServiceStatus, utcnow
@@ -50,6 +48,9 @@ from agentrl.inference.model_files import resolve_model_path
 from agentrl.inference.sglang import EngineClient, build_cpu_engine_command, build_sglang_command
 from agentrl.rollout.leases import slot_loads
 from agentrl.rollout.ledger import RedisKeys
+
+if TYPE_CHECKING:  # torch is imported only where it is used: sampling processes never need it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class Placement:
 def current_placement(tp_size: int) -> Placement:
     """The placement of this process from ``torch.distributed`` (or ``RANK``/``LOCAL_RANK`` as
     torchrun sets them); no process group and no variables → DP group 0, TP rank 0."""
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # not imported: no process group either
+    if dist is not None and dist.is_available() and dist.is_initialized():
         rank = dist.get_rank()
     else:
         rank = int(os.environ.get("RANK", "0"))
@@ -123,8 +125,11 @@ def resolve_engine_kind(engine: str) -> str:
     """``sglang`` or ``cpu``: ``auto`` picks SGLang when CUDA and the sglang package exist."""
     if engine != "auto":
         return engine
-    has_sglang = importlib.util.find_spec("sglang") is not None
-    return "sglang" if torch.cuda.is_available() and has_sglang else "cpu"
+    if importlib.util.find_spec("sglang") is None:
+        return "cpu"
+    import torch
+
+    return "sglang" if torch.cuda.is_available() else "cpu"
 
 
 class InferenceManager:

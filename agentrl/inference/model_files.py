@@ -14,8 +14,6 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
 from agentrl.configs import AGENTRL_HOME
 from agentrl.errors import InferenceError
 
@@ -72,6 +70,8 @@ def default_model_path(cache_dir: Path | None = None) -> Path:
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize ``gguf`` and save it as a float32 safetensors HF directory at ``target``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # heavy: on use
+
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
