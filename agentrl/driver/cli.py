@@ -13,10 +13,7 @@ from rich.table import Table
 
 from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_config_flags
 from agentrl.configs import load_config
-from agentrl.driver.evals import describe_change
 from agentrl.driver.interrupts import INTERRUPTED_EXIT_CODE, say_interrupted
-from agentrl.driver.launch import launch_ranks, launched_rank, rank_argv, run_rank
-from agentrl.driver.main_job import run_dir_of, run_main_job
 from agentrl.logs import setup_logging
 
 
@@ -45,6 +42,11 @@ def run(
     (or SIGTERM) finishes the step in progress and checkpoints it (exit status 130); a rerun
     with the same name resumes from the last checkpoint (use --fresh to start over).
     """
+    # the job's modules import torch and transformers: only once a command runs, so --help is quick
+    from agentrl.driver.evals import describe_change
+    from agentrl.driver.launch import launch_ranks, launched_rank, rank_argv, run_rank
+    from agentrl.driver.main_job import run_dir_of, run_main_job
+
     config = load_config(config_file, **parse_config_flags(ctx.args))
     rank = launched_rank()
     if nproc_per_node > 1 and rank is None:

@@ -22,7 +22,6 @@ from typing import Any
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.logs import console
-from agentrl.training.checkpoint import checkpoint_root, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +81,8 @@ def say_interrupted(config: AgentTrainingConfig, step: int | None) -> None:
         step: the step it stopped at after finishing it (``None``: interrupted harder, at
             start or by a second signal; the newest checkpoint on disk is named).
     """
+    from agentrl.training.checkpoint import checkpoint_root, latest_checkpoint  # torch
+
     resumable = latest_checkpoint(checkpoint_root(config))
     if step is not None:
         console.print(

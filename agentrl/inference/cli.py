@@ -14,7 +14,6 @@ from rich.table import Table
 from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_config_flags
 from agentrl.configs import load_config
 from agentrl.databases import init_databases
-from agentrl.inference.engine.server import serve
 from agentrl.inference.model_files import DEFAULT_MODEL_NAME
 from agentrl.inference.services import list_services, register_service
 
@@ -45,6 +44,8 @@ def engine_serve(
     num_threads: Annotated[int, typer.Option(help="torch threads (0: half the cores).")] = 0,
 ) -> None:
     """Serve a model with the CPU engine (OpenAI API + SGLang control endpoints)."""
+    from agentrl.inference.engine.server import serve  # torch: only when it runs
+
     serve(model=str(model or ""), port=port, host=host, served_model_name=served_model_name,
           seed=seed, max_batch_size=max_batch_size, num_threads=num_threads)
 

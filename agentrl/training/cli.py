@@ -11,12 +11,9 @@ from agentrl.cli_options import CONFIG_FLAGS_CONTEXT, config_flags_help, parse_c
 from agentrl.configs import load_config
 from agentrl.databases import init_databases
 from agentrl.driver.interrupts import INTERRUPTED_EXIT_CODE, StopOnSignal, say_interrupted
-from agentrl.inference.manager import InferenceManager
 from agentrl.logs import setup_logging
 from agentrl.rollout.epochs import split_done
 from agentrl.rollout.ledger import GlobalStep
-from agentrl.training.trainer import Trainer
-from agentrl.training.weights import ManagerWeightPublisher, no_publish
 
 
 def train(
@@ -35,6 +32,10 @@ def train(
     (a restarted command resumes from the newest one); logs to runs/<name>/logs/train.log.
     Ctrl-C (or SIGTERM) finishes the step in progress and checkpoints it (exit status 130).
     """
+    from agentrl.inference.manager import InferenceManager
+    from agentrl.training.trainer import Trainer  # torch and transformers: only when it runs
+    from agentrl.training.weights import ManagerWeightPublisher, no_publish
+
     config = load_config(config_file, **parse_config_flags(ctx.args))
     setup_logging(Path(config.output_dir) / config.name / "logs" / "train.log")
     try:

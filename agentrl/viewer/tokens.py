@@ -7,8 +7,6 @@ import logging
 import threading
 from typing import Any
 
-from transformers import AutoTokenizer
-
 from agentrl.errors import AgentRLError
 from agentrl.inference.model_files import resolve_model_path
 
@@ -36,6 +34,8 @@ class TokenText:
             if self._tokenizer is None and self.unavailable is None:
                 try:
                     path = resolve_model_path(self.model_name_or_path)
+                    from transformers import AutoTokenizer  # heavy: on first use
+
                     self._tokenizer = AutoTokenizer.from_pretrained(path)
                 except (AgentRLError, OSError, ValueError) as exc:
                     self.unavailable = f"no tokenizer for {self.model_name_or_path!r}: {exc}"
