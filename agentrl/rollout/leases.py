@@ -26,14 +26,17 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio as aioredis
 
 from agentrl.rollout.slots import SlotBoard, slot_loads
 
-__all__ = ["LeaseKeeper", "OwnedSet", "SlotBoard", "owned_members", "slot_loads", "take_expired"]
+__all__ = [
+    "Expired", "LeaseKeeper", "OwnedSet", "SlotBoard", "owned_members", "slot_loads",
+    "take_expired",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +94,17 @@ local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, to
 local out = {}
 for _, m in ipairs(members) do
   local payload = redis.call('HGET', KEYS[3], m)
+  local owned = redis.call('HEXISTS', KEYS[2], m)
   redis.call('ZREM', KEYS[1], m)
   redis.call('HDEL', KEYS[2], m)
   redis.call('HDEL', KEYS[3], m)
-  if payload then table.insert(out, payload) end
+  if payload then table.insert(out, payload); table.insert(out, owned) end
 end
 return out
 """
-"""Remove up to ARGV[1] lapsed members and return their payloads (work ∝ what expired)."""
+"""Remove up to ARGV[1] lapsed members; return each payload followed by 1 when the member had
+an owner (a lapsed lease), 0 when not (a due hand-back). Work ∝ what expired."""
+
 
 @dataclass(frozen=True)
 class OwnedSet:
@@ -122,13 +128,27 @@ class OwnedSet:
         return [self.leases, self.owners, self.payloads]
 
 
-def take_expired(client: redis.Redis, owned: OwnedSet, limit: int = 1000) -> list[str]:
-    """Remove lapsed leases and due hand-backs of ``owned``; returns their payloads (sync).
+@dataclass
+class Expired:
+    """What :func:`take_expired` collected: payloads of lapsed leases (their owner stopped
+    renewing: a dead or frozen process) and of due hand-backs (a worker gave the claim back to
+    be sent again later: a retry after a backoff, a stopping worker)."""
+
+    lapsed: list[str] = field(default_factory=list)
+    due: list[str] = field(default_factory=list)
+
+
+def take_expired(client: redis.Redis, owned: OwnedSet, limit: int = 1000) -> Expired:
+    """Remove lapsed leases and due hand-backs of ``owned`` and return their payloads (sync).
 
     Used by housekeeping: its Redis work grows with the number expired, not with the number held.
     """
-    result = client.eval(_TAKE_EXPIRED, 3, *owned.keys, limit)
-    return [p.decode() if isinstance(p, bytes) else str(p) for p in result or []]
+    result = client.eval(_TAKE_EXPIRED, 3, *owned.keys, limit) or []
+    expired = Expired()
+    for payload, had_owner in zip(result[::2], result[1::2], strict=True):
+        text = payload.decode() if isinstance(payload, bytes) else str(payload)
+        (expired.lapsed if int(had_owner) else expired.due).append(text)
+    return expired
 
 
 def owned_members(client: redis.Redis, owned: OwnedSet) -> set[str]:

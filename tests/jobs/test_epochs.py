@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
+
+import pytest
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import (
@@ -101,7 +104,7 @@ def test_interrupted_push_is_completed(config: AgentTrainingConfig, dbs: Databas
 
 
 def test_housekeeping_resends_only_lapsed_leases_and_due_retries(
-    config: AgentTrainingConfig, dbs: Databases
+    config: AgentTrainingConfig, dbs: Databases, caplog: pytest.LogCaptureFixture
 ) -> None:
     keys, sent = RedisKeys(config.key_prefix).trajectories, Collect()
     live, dead, due, later = (Claim("t", i, 1, "train", "rft") for i in range(4))
@@ -113,8 +116,14 @@ def test_housekeeping_resends_only_lapsed_leases_and_due_retries(
         if owner:
             dbs.redis.hset(keys.owners, claim.record_id, owner)
     dbs.redis.set(RedisKeys(config.key_prefix).alive, "1")
-    assert housekeep(dbs, sent).resent == 2
+    with caplog.at_level(logging.INFO, logger="agentrl.rollout.ledger.run"):
+        assert housekeep(dbs, sent).resent == 2
     assert sorted(c.traj_id for c in sent.claims) == [1, 2]
+    # the dead worker's lease is a warning; the hand-back due for a retry is routine
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "re-sending 1 claims whose leases lapsed"),
+        (logging.INFO, "re-sending 1 claims handed back for a retry"),
+    ]
     assert sorted(dbs.redis.zrange(keys.leases, 0, -1)) == sorted(
         [live.record_id, later.record_id])
     assert dbs.redis.hkeys(keys.owners) == [live.record_id]

@@ -64,7 +64,7 @@ def test_kill9_worker_mid_epoch_loses_and_duplicates_nothing(
         record = by_id[record_id]
         assert record.attempt == 2 and record.failed_attempt == 1, record
     # recovered by housekeeping re-sending the lapsed leases, not by the broker
-    assert "claims (lapsed leases or due retries)" in (tmp_path / "beat.log").read_text()
+    assert "claims whose leases lapsed" in (tmp_path / "beat.log").read_text()
 
 
 def test_worker_frozen_past_its_lease_writes_nothing(

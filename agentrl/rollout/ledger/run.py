@@ -165,10 +165,13 @@ def housekeep(dbs: Databases, enqueue: Enqueue, complete_groups: bool = True) ->
     """
     keys = RedisKeys(dbs.config.key_prefix)
     done = Housekeeping()
-    payloads = take_expired(dbs.redis, keys.trajectories)
-    claims = [Claim.from_json(json.loads(p)) for p in payloads]
+    expired = take_expired(dbs.redis, keys.trajectories)
+    if expired.lapsed:  # a worker died or froze holding them
+        log.warning("re-sending %d claims whose leases lapsed", len(expired.lapsed))
+    if expired.due:  # handed back by their workers (retry after a backoff, worker stopping)
+        log.info("re-sending %d claims handed back for a retry", len(expired.due))
+    claims = [Claim.from_json(json.loads(p)) for p in expired.lapsed + expired.due]
     if claims:
-        log.warning("re-sending %d claims (lapsed leases or due retries)", len(claims))
         enqueue(claims)
         done.resent = len(claims)
     if not dbs.redis.exists(keys.alive):
