@@ -148,27 +148,30 @@ def counts_by_split_epoch(
 def ready_staleness(dbs: Databases, global_step: int) -> dict[str, Any]:
     """How far behind the policy the READY train records waiting for training were sampled.
 
-    Staleness of a record = ``global_step - created_at_step`` (optimizer steps).
+    Staleness of a record = ``global_step - created_at_step`` (optimizer steps), over the
+    untrained ones only: a trained record's age says nothing about the data still to train (the
+    staleness each step trained at is in the run's metrics and ``summary.json``).
 
     Returns:
         ``ready`` (READY train records), ``untrained`` (of them, never trained on),
-        ``max_steps``, ``mean_steps``, ``min_steps`` (``None`` when there is none).
+        ``max_steps``, ``mean_steps``, ``min_steps`` of the untrained (``None`` when there is
+        none).
     """
     coll = dbs.store.collection(Record)
     match = {"split": "train", "status": RecordStatus.READY.value}
+    ready = coll.count_documents(match)
     groups = list(coll.aggregate([
-        {"$match": match},
+        {"$match": {**match, "trained_count": 0}},
         {"$group": {"_id": None, "n": {"$sum": 1}, "lo": {"$min": "$created_at_step"},
                     "hi": {"$max": "$created_at_step"}, "avg": {"$avg": "$created_at_step"}}},
     ]))
-    untrained = coll.count_documents({**match, "trained_count": 0})
     if not groups or not groups[0].get("n"):
-        return {"ready": 0, "untrained": untrained, "max_steps": None, "mean_steps": None,
+        return {"ready": ready, "untrained": 0, "max_steps": None, "mean_steps": None,
                 "min_steps": None}
     g = groups[0]
     return {
-        "ready": int(g["n"]),
-        "untrained": untrained,
+        "ready": ready,
+        "untrained": int(g["n"]),
         "max_steps": global_step - int(g["lo"]),
         "mean_steps": round(global_step - float(g["avg"]), 3),
         "min_steps": global_step - int(g["hi"]),
@@ -247,7 +250,7 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
     for name, why in (status.get("sampling_paused") or {}).items():
         head.add_row("[yellow]sampling paused", f"{name}: {why.get('reason')}")
     head.add_row("READY train records",
-                 f"{stale['ready']} ({stale['untrained']} untrained); staleness steps "
+                 f"{stale['ready']} ({stale['untrained']} untrained); untrained staleness steps "
                  f"max={stale['max_steps']} mean={stale['mean_steps']} min={stale['min_steps']}")
     parts: list[Any] = [head]
     workers = Table("worker", "queues", "concurrency", "active", "processed", title="workers")

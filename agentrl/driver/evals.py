@@ -116,6 +116,11 @@ class HeldOutEval:
         temperatures: list[float | None] = [config.temperature]
         if config.eval_greedy:
             temperatures.append(0.0)
+        log.info(
+            "held-out evaluation of step %d: up to %d problems at temperature %s "
+            "(training waits for it)",
+            step, config.max_eval_tasks, " and ".join(str(t) for t in temperatures),
+        )
         jobs = [
             evaluate(
                 config.sampler,
