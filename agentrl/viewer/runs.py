@@ -74,8 +74,12 @@ def run_eval(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
     section = (summary or {}).get("eval")
     if not isinstance(section, dict):
         return []
-    entries = [("before", section.get("before"))]
-    entries += [("during", e) for e in section.get("per_step") or []]
-    entries.append(("after", section.get("after")))
+    points = [p for p in section.get("per_step") or [] if isinstance(p, dict)]
+    if not points:  # a summary with only the two ends
+        points = [p for p in (section.get("before"), section.get("after")) if isinstance(p, dict)]
+    points.sort(key=lambda p: int(p.get("step") or 0))
+    last = len(points) - 1  # per_step holds every point, the first and the last included
+    entries = [("before" if i == 0 else "after" if i == last else "during", p)
+               for i, p in enumerate(points)]
     return [{"when": when, **{k: raw.get(k) for k in ("step", *EVAL_FIELDS)}}
             for when, raw in entries if isinstance(raw, dict)]

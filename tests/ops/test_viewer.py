@@ -105,10 +105,14 @@ def stored_run(config: AgentTrainingConfig, dbs: Databases, tokenizer: Any) -> d
     with MetricsLogger(run_dir / "metrics.jsonl", show_progress=False) as logger:
         logger.log(1, {"reward/mean": 0.25, "staleness/mean": 0.0, "staleness/max": 0.0})
         logger.log(2, {"reward/mean": 0.625, "staleness/mean": 1.0, "staleness/max": 1.0})
-    evals = {"before": {"count": 64, "accuracy": 0.03125, "well_formed_rate": 0.25,
-                        "mean_reward": 0.1},
-             "after": {"count": 64, "accuracy": 0.125, "well_formed_rate": 0.75,
-                       "mean_reward": 0.3}}
+    before = {"step": 0, "count": 64, "accuracy": 0.03125, "well_formed_rate": 0.25,
+              "mean_reward": 0.1}
+    during = {"step": 1, "count": 64, "accuracy": 0.0625, "well_formed_rate": 0.5,
+              "mean_reward": 0.2}
+    after = {"step": 2, "count": 64, "accuracy": 0.125, "well_formed_rate": 0.75,
+             "mean_reward": 0.3}
+    # as eval_summary writes it: per_step holds every point, the two ends included
+    evals = {"before": before, "after": after, "per_step": [before, during, after]}
     (run_dir / "summary.json").write_text(json.dumps({"steps": 2, "eval": evals}))
     return {"ok": ok, "failed": failed, "retried": retried, "answer_ids": answer_ids}
 
@@ -154,8 +158,9 @@ def test_index_lists_the_runs_records_steps_and_eval(
     assert len(steps) == 3 and steps[2].split("\t")[:2] == ["2", "0.625"]
     assert "staleness max" in steps[0]
     evals = page.locator("#eval tr").all_inner_texts()
-    assert [e.split("\t")[0] for e in evals[1:]] == ["before", "after"]
-    assert evals[2].split("\t")[3] == "0.125"
+    assert [e.split("\t")[:2] for e in evals[1:]] == [["before", "0"], ["during", "1"],
+                                                        ["after", "2"]]
+    assert evals[3].split("\t")[3] == "0.125"
     assert "sampler: sampler raised ValueError" in rows.filter(
         has_text=stored_run["failed"].id).inner_text()
 
