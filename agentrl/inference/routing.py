@@ -39,6 +39,7 @@ and ``choices[0]["logprobs"]["content"][i]["logprob"]`` the logprob (nats) of sa
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import random
@@ -386,10 +387,12 @@ class Router:
             created_at_step=await self._global_step(),
             started_at=utcnow(),
         )
-        # images go to the object store on a thread; a body without any is stored as it is
+        # images go to the object store on a thread; a body without any is stored as a copy (the
+        # call document is built later, when its batch is written, and samplers go on appending
+        # to the messages they passed)
         task.request = await asyncio.to_thread(
             externalize, body, self.objects, f"dispatch/{task.record_id or 'none'}",
-        ) if has_blobs(body) else body
+        ) if has_blobs(body) else copy.deepcopy(body)
         self._log(task, recorder)
         started = time.monotonic()
         try:
