@@ -102,6 +102,12 @@ class HeldOutEval:
         last = self.config.max_steps
         return self.enabled and bool(every) and step % every == 0 and step != last
 
+    def run_once(self, step: int) -> None:
+        """:meth:`run` for ``step`` unless disabled or ``eval.jsonl`` already holds its point
+        (a resumed run evaluated it before)."""
+        if self.enabled and step not in {int(p["step"]) for p in read_points(self.path.parent)}:
+            self.run(step)
+
     def run(self, step: int) -> dict[str, Any] | None:
         """Evaluate the weights of ``step`` and append the point to ``eval.jsonl``.
 

@@ -191,19 +191,16 @@ def run_main_job(
     """
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
     app = make_app(config)
-    check_train_file(config)
-    check_datasets(config)
-    check_held_out(config)
+    for check in (check_train_file, check_datasets, check_held_out):
+        check(config)  # before anything starts: file, line and reason, exit status 2
     run_dir = run_dir_of(config)
-    log_dir = run_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir := run_dir / "logs").mkdir(parents=True, exist_ok=True)
     children: list[ChildProcess] = []
     watcher: ChildLogWatcher | None = None
     redis_child = ensure_redis(config, log_dir)
     dbs: Databases | None = None
     start_step = 0
-    ranks = launched_rank() is not None  # rank 0 of --nproc-per-node / torchrun
-    if ranks:
+    if ranks := launched_rank() is not None:  # rank 0 of --nproc-per-node / torchrun
         init_distributed()
 
     def summarize(outcome: Literal["finished", "interrupted"]) -> Path:
@@ -226,56 +223,86 @@ def run_main_job(
                 watcher = ChildLogWatcher(children).start()
             # a resumed run's queue was emptied when it ended: its unfinished claims go again
             resend_unfinished(dbs, lambda claims: enqueue_claims(app, claims))
-
-            def check_children() -> None:
-                for child in children:
-                    child.check()
-
-            def sampling_finished() -> bool:
-                check_children()
-                return split_done(dbs, "train")
-
-            trainer = Trainer(
-                config, dbs, ManagerWeightPublisher([manager], dbs),
-                sampling_finished=sampling_finished, show_progress=show_progress,
-            )
+            trainer, held_out = _trainer_and_eval(config, dbs, app, manager, children,
+                                                  show_progress)
             start_step = trainer.resumed_step or 0
-            held_out = HeldOutEval(config, app, run_dir, check_children)
-            evaluated = {int(p["step"]) for p in read_points(run_dir)}
-            if held_out.enabled and start_step not in evaluated:
-                held_out.run(start_step)  # the weights before this invocation's first step
-            trainer.after_step = lambda step: held_out.run(step) if held_out.due(step) else None
-            stop.attach(trainer.request_stop)
-            trainer.train()
-            checkpoint = None
-            if stop.requested:  # several ranks: train() checkpointed them together
-                checkpoint = trainer.last_checkpoint if ranks else trainer.save_checkpoint_now()
-            last_step = GlobalStep(dbs).get()
-            done = {int(p["step"]) for p in read_points(run_dir)}
-            if held_out.enabled and not stop.requested and last_step not in done:
-                held_out.run(last_step)
+            checkpoint = _train(trainer, held_out, stop, dbs, ranks)
         summary = summarize("interrupted" if stop.requested else "finished")
-        steps = read_metrics(run_dir / "metrics.jsonl")
-        points = read_points(run_dir)
-        return RunResult(
-            run_dir=run_dir, summary=summary, plot=plot_rewards(run_dir, steps, points),
-            steps=len(steps), interrupted_at=GlobalStep(dbs).get() if stop.requested else None,
-            checkpoint=checkpoint, evaluation=eval_summary(points),
-        )
+        return _result(run_dir, summary, checkpoint, GlobalStep(dbs).get() if stop.requested
+                       else None)
     except KeyboardInterrupt:
         if dbs is not None:
             summarize("interrupted")
         raise
     finally:
-        for child in reversed(children):
-            child.stop()
-        if watcher is not None:
-            watcher.stop()
-        if dbs is not None:
-            _purge(app)
-            dbs.close()
-        if redis_child is not None:
-            redis_child.stop()
+        _stop_all(children, watcher, app, dbs, redis_child)
+
+
+def _trainer_and_eval(
+    config: AgentTrainingConfig, dbs: Databases, app: Celery, manager: InferenceManager,
+    children: list[ChildProcess], show_progress: bool,
+) -> tuple[Trainer, HeldOutEval]:
+    """The trainer (publishing to ``manager``) and the held-out evaluation, both watching the
+    children while they wait (a dead worker or beat fails the run)."""
+
+    def check_children() -> None:
+        for child in children:
+            child.check()
+
+    def sampling_finished() -> bool:
+        check_children()
+        return split_done(dbs, "train")
+
+    trainer = Trainer(
+        config, dbs, ManagerWeightPublisher([manager], dbs),
+        sampling_finished=sampling_finished, show_progress=show_progress,
+    )
+    return trainer, HeldOutEval(config, app, run_dir_of(config), check_children)
+
+
+def _stop_all(children: list[ChildProcess], watcher: ChildLogWatcher | None, app: Celery,
+              dbs: Databases | None, redis_child: ChildProcess | None) -> None:
+    """Stop the children (last started first) and their log watcher, drop the run's queued
+    claims, close the connections, and stop the Redis this run started."""
+    for child in reversed(children):
+        child.stop()
+    if watcher is not None:
+        watcher.stop()
+    if dbs is not None:
+        _purge(app)
+        dbs.close()
+    if redis_child is not None:
+        redis_child.stop()
+
+
+def _train(trainer: Trainer, held_out: HeldOutEval, stop: StopOnSignal, dbs: Databases,
+           ranks: bool) -> Path | None:
+    """Evaluate the starting weights, train (evaluating every ``eval_every_steps``), then
+    evaluate the last step's weights unless stopped.
+
+    Returns:
+        The checkpoint of the last completed step when a signal stopped the run, else ``None``.
+    """
+    held_out.run_once(trainer.resumed_step or 0)  # the weights before this invocation's first step
+    trainer.after_step = lambda step: held_out.run(step) if held_out.due(step) else None
+    stop.attach(trainer.request_stop)
+    trainer.train()
+    if stop.requested:  # several ranks: train() checkpointed them together
+        return trainer.last_checkpoint if ranks else trainer.save_checkpoint_now()
+    held_out.run_once(GlobalStep(dbs).get())
+    return None
+
+
+def _result(run_dir: Path, summary: Path, checkpoint: Path | None,
+            interrupted_at: int | None) -> RunResult:
+    """The run's outputs, with the reward plot drawn from its metrics and held-out points."""
+    steps = read_metrics(run_dir / "metrics.jsonl")
+    points = read_points(run_dir)
+    return RunResult(
+        run_dir=run_dir, summary=summary, plot=plot_rewards(run_dir, steps, points),
+        steps=len(steps), interrupted_at=interrupted_at, checkpoint=checkpoint,
+        evaluation=eval_summary(points),
+    )
 
 
 def _purge(app: Celery) -> None:

@@ -136,6 +136,38 @@ class PolicyOptimizer:
         kl_normalizer = self._global_normalizer(
             aggregation_normalizer(aggregation, batch.loss_mask), batch
         )
+        parts, weights, total_loss = self._accumulate(batch, step, normalizer, kl_normalizer)
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+        lr = float(self.scheduler.get_last_lr()[0])
+        applied = any_rank(bool(parts), self.device) and math.isfinite(grad_norm)
+        if applied:
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            log.error(
+                "step %d not applied: gradient norm %s over records %s",
+                step + 1,
+                grad_norm,
+                batch.record_ids,
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+        metrics = reduce_metrics(parts, weights)
+        metrics.update(self._step_metrics(batch, step, total_loss, grad_norm, lr, applied))
+        metrics[M.PERF_TOKENS_PER_S] = metrics[M.PERF_TOKENS] / max(
+            time.monotonic() - started, 1e-9)
+        return metrics
+
+    def _accumulate(
+        self, batch: TrainBatch, step: int, normalizer: float, kl_normalizer: float
+    ) -> tuple[list[dict[str, float]], list[float], float]:
+        """Forward and backward of every micro-batch of this rank (plus zero-weight ones up to
+        the largest rank's count), skipping the non-finite ones.
+
+        Returns:
+            The metrics and trained-token weight of each kept micro-batch, and the summed loss.
+        """
         parts: list[dict[str, float]] = []
         weights: list[float] = []
         total_loss = 0.0
@@ -157,43 +189,27 @@ class PolicyOptimizer:
             total_loss += float(out.loss.detach().item())
             parts.append({**out.metrics, **extra})
             weights.append(float(micro.loss_mask.sum().item()))
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
-        lr = float(self.scheduler.get_last_lr()[0])
-        applied = any_rank(bool(parts), self.device) and math.isfinite(grad_norm)
-        if applied:
-            self.optimizer.step()
-            self.scheduler.step()
-        else:
-            log.error(
-                "step %d not applied: gradient norm %s over records %s",
-                step + 1,
-                grad_norm,
-                batch.record_ids,
-            )
-            self.optimizer.zero_grad(set_to_none=True)
-        metrics = reduce_metrics(parts, weights)
+        return parts, weights, total_loss
+
+    def _step_metrics(self, batch: TrainBatch, step: int, total_loss: float, grad_norm: float,
+                      lr: float, applied: bool) -> dict[str, float]:
+        """Loss, optimizer, token and staleness metrics of a step (sums over ranks)."""
         tokens = all_reduce_sum(float(batch.attention_mask.sum().item()), self.device)
         trained = all_reduce_sum(float(batch.loss_mask.sum().item()), self.device)
         total_loss = all_reduce_sum(total_loss, self.device)
-        elapsed = time.monotonic() - started
         staleness = (step - batch.created_at_step).clamp(min=0).float()[batch.loss_mask > 0]
-        metrics.update(
-            {
-                M.LOSS_POLICY: total_loss,
-                M.OPTIM_GRAD_NORM: grad_norm,
-                M.OPTIM_LR: lr,
-                M.OPTIM_STEP_APPLIED: float(applied),
-                M.TRAIN_SKIPPED_MICRO_BATCHES: float(len(self.skipped_micro_batches)),
-                M.TRAIN_TOKEN_EXACT_RATE: sum(batch.token_exact) / max(len(batch), 1),
-                M.PERF_TOKENS: tokens,
-                M.PERF_TRAINED_TOKENS: trained,
-                M.PERF_TOKENS_PER_S: tokens / max(elapsed, 1e-9),
-                M.STALENESS_MEAN: float(staleness.mean().item()) if staleness.numel() else 0.0,
-                M.STALENESS_MAX: float(staleness.max().item()) if staleness.numel() else 0.0,
-            }
-        )
+        metrics = {
+            M.LOSS_POLICY: total_loss,
+            M.OPTIM_GRAD_NORM: grad_norm,
+            M.OPTIM_LR: lr,
+            M.OPTIM_STEP_APPLIED: float(applied),
+            M.TRAIN_SKIPPED_MICRO_BATCHES: float(len(self.skipped_micro_batches)),
+            M.TRAIN_TOKEN_EXACT_RATE: sum(batch.token_exact) / max(len(batch), 1),
+            M.PERF_TOKENS: tokens,
+            M.PERF_TRAINED_TOKENS: trained,
+            M.STALENESS_MEAN: float(staleness.mean().item()) if staleness.numel() else 0.0,
+            M.STALENESS_MAX: float(staleness.max().item()) if staleness.numel() else 0.0,
+        }
         if self.world_size > 1:
             metrics[M.TRAIN_RANKS] = float(self.world_size)
         return metrics
