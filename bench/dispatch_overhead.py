@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,8 +64,8 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agentrl.configs import load_config  # noqa: E402
-from agentrl.databases import Record, Task, init_databases  # noqa: E402
+from agentrl.configs import AgentTrainingConfig, load_config  # noqa: E402
+from agentrl.databases import Databases, Record, Task, init_databases  # noqa: E402
 from agentrl.inference.services import register_service  # noqa: E402
 
 GENERATIONS = 4
@@ -271,23 +271,12 @@ def stop_embedded_mongo(mongo_dir: Path) -> None:
             os.kill(pid, signal.SIGTERM)
 
 
-def run_row(
-    args: argparse.Namespace,
-    base_url: str,
-    stub_pid: int,
-    redis_at: tuple[str, int],
-    workers: int,
-    concurrency: int,
-    latency_s: float,
-    workdir: Path,
-) -> Row:
-    """Run one epoch through beat → queue → worker(s) → MongoDB and measure it."""
-    redis_url, redis_pid = redis_at
-    n = args.waves * concurrency * workers
-    n -= n % GENERATIONS
-    suffix = uuid.uuid4().hex[:8]
-    stats_dir = workdir / f"stats-{suffix}"
-    stats_dir.mkdir()
+def row_settings(
+    args: argparse.Namespace, redis_url: str, workers: int, concurrency: int, n: int,
+    suffix: str, stats_dir: Path,
+) -> tuple[dict[str, str], AgentTrainingConfig]:
+    """The environment of a row's worker and beat processes (their own key prefix and
+    database, the bench sampler) and the configuration it gives in this process."""
     env = dict(os.environ)
     env.update(
         {
@@ -311,32 +300,103 @@ def run_row(
     config = load_config()
     os.environ.clear()
     os.environ.update(saved)
+    return env, config
+
+
+def start_celery(kind: str, extra: Sequence[str], env: dict[str, str],
+                 log_path: Path) -> subprocess.Popen:
+    """``celery -A agentrl <kind> <extra>`` in its own session, logging to ``log_path``."""
+    log = log_path.open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "agentrl", kind, "--loglevel", "WARNING", *extra],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def wait_for_epoch(sampler: Sampler, records: Any, n: int, timeout_s: float,
+                   workdir: Path) -> None:
+    """Sample the processes every :data:`SAMPLE_S` until ``n`` records are READY or
+    ABANDONED (counted once a second).
+
+    Raises:
+        RuntimeError: not within ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    last_check = 0.0
+    while True:
+        sampler.sample()
+        if time.monotonic() - last_check >= 1.0:
+            last_check = time.monotonic()
+            if records.count_documents({"status": {"$in": ["ready", "abandoned"]}}) >= n:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{n} trajectories did not finish (logs in {workdir})")
+        time.sleep(SAMPLE_S)
+
+
+def process_sampler(procs: list[subprocess.Popen], stub_pid: int, redis_pid: int,
+                    dbs: Databases, config: AgentTrainingConfig) -> Sampler:
+    """A CPU and memory sampler of the row's workers, the stub, Redis and (when it is ours)
+    the MongoDB-wire server."""
+    mongo = mongo_pid(dbs.mongo_uri, config.embedded_db_dir)
+    return Sampler({
+        "worker": [p.pid for p in procs], "stub": [stub_pid], "redis": [redis_pid],
+        **({"mongo": [mongo]} if mongo else {}),
+    })
+
+
+def record_timings(dbs: Databases) -> tuple[datetime, datetime, datetime, list[float]]:
+    """When the epoch was pushed, when the first trajectory started and the last finished,
+    and every trajectory's duration in seconds (sorted)."""
+    pushed = min(aware(t.created_at) for t in dbs.store.find(Task, {}))
+    raw = list(dbs.store.collection(Record).find({}, {"started_at": 1, "finished_at": 1}))
+    first_start = min(aware(r["started_at"]) for r in raw if r.get("started_at"))
+    end = max(aware(r["finished_at"]) for r in raw if r.get("finished_at"))
+    spans = sorted(
+        (aware(r["finished_at"]) - aware(r["started_at"])).total_seconds()
+        for r in raw
+        if r.get("finished_at") and r.get("started_at")
+    )
+    return pushed, first_start, end, spans
+
+
+def clean_up_row(procs: list[subprocess.Popen], dbs: Databases, config: AgentTrainingConfig,
+                 client: redis.Redis, keep_db: bool) -> None:
+    """Stop the row's processes, drop its database (unless ``keep_db``) and its Redis keys."""
+    for proc in procs:
+        stop(proc)
+    if not keep_db:
+        with contextlib.suppress(Exception):
+            dbs.store.client.drop_database(config.db_name)
+    for key in client.scan_iter(f"{config.key_prefix}:*"):
+        client.delete(key)
+    dbs.close()
+
+
+def run_row(
+    args: argparse.Namespace,
+    base_url: str,
+    stub_pid: int,
+    redis_at: tuple[str, int],
+    workers: int,
+    concurrency: int,
+    latency_s: float,
+    workdir: Path,
+) -> Row:
+    """Run one epoch through beat → queue → worker(s) → MongoDB and measure it."""
+    redis_url, redis_pid = redis_at
+    n = args.waves * concurrency * workers // GENERATIONS * GENERATIONS  # whole groups
+    suffix = uuid.uuid4().hex[:8]
+    (stats_dir := workdir / f"stats-{suffix}").mkdir()
+    env, config = row_settings(args, redis_url, workers, concurrency, n, suffix, stats_dir)
     dbs = init_databases(config)
     register_service(dbs.store, base_url, config.model_name, kind="sglang")
     procs: list[subprocess.Popen] = []
 
     def celery(kind: str, *extra: str) -> subprocess.Popen:
-        log = (workdir / f"{kind}-{suffix}-{len(procs)}.log").open("w")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "agentrl",
-                kind,
-                "--loglevel",
-                "WARNING",
-                *extra,
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        procs.append(proc)
-        return proc
+        log_path = workdir / f"{kind}-{suffix}-{len(procs)}.log"
+        procs.append(start_celery(kind, extra, env, log_path))
+        return procs[-1]
 
     client = redis.Redis.from_url(redis_url)
     try:
@@ -349,18 +409,7 @@ def run_row(
         while len(app.control.ping(timeout=1.0) or []) < workers:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"workers did not start (logs in {workdir})")
-        sampler = Sampler(
-            {
-                "worker": [p.pid for p in procs],
-                "stub": [stub_pid],
-                "redis": [redis_pid],
-                **(
-                    {"mongo": [pid]}
-                    if (pid := mongo_pid(dbs.mongo_uri, config.embedded_db_dir))
-                    else {}
-                ),
-            }
-        )
+        sampler = process_sampler(procs, stub_pid, redis_pid, dbs, config)
         time.sleep(3 * SAMPLE_S)  # the workers' counters after their start
         counted_before = read_counters(stats_dir)
         before = command_counts(client)
@@ -368,45 +417,17 @@ def run_row(
         sampler.procs["beat"] = [psutil.Process(beat.pid)]
         sampler.start["beat"] = 0.0
         started = time.monotonic()
-        records = dbs.store.collection(Record)
-        deadline = time.monotonic() + args.row_timeout_s
-        last_check = 0.0
-        while True:
-            sampler.sample()
-            if time.monotonic() - last_check >= 1.0:
-                last_check = time.monotonic()
-                done = records.count_documents({"status": {"$in": ["ready", "abandoned"]}})
-                if done >= n:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{n} trajectories did not finish (logs in {workdir})")
-            time.sleep(SAMPLE_S)
+        wait_for_epoch(sampler, dbs.store.collection(Record), n, args.row_timeout_s, workdir)
         cpu = sampler.cpu_s()
         wall_s = time.monotonic() - started
         after = command_counts(client)
         time.sleep(2 * SAMPLE_S)
         counted = counter_totals(read_counters(stats_dir), counted_before)
-        pushed = min(aware(t.created_at) for t in dbs.store.find(Task, {}))
-        raw = list(records.find({}, {"started_at": 1, "finished_at": 1}))
-        first_start = min(aware(r["started_at"]) for r in raw if r.get("started_at"))
-        end = max(aware(r["finished_at"]) for r in raw if r.get("finished_at"))
-        spans = sorted(
-            (aware(r["finished_at"]) - aware(r["started_at"])).total_seconds()
-            for r in raw
-            if r.get("finished_at") and r.get("started_at")
-        )
+        pushed, first_start, end, spans = record_timings(dbs)
     finally:
-        for proc in procs:
-            stop(proc)
-        if not args.keep_db:
-            with contextlib.suppress(Exception):
-                dbs.store.client.drop_database(config.db_name)
-        for key in client.scan_iter(f"{config.key_prefix}:*"):
-            client.delete(key)
-        dbs.close()
+        clean_up_row(procs, dbs, config, client, keep_db=args.keep_db)
     mongo, redis_cmds = counted["mongo"], counted["redis"]
-    redis_delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    redis_delta = {k: v for k, v in redis_delta.items() if v > 0 and k != "info"}
+    redis_delta = {k: v - before.get(k, 0) for k, v in after.items() if k != "info"}
     throughput = n / (end - pushed).total_seconds()
     ideal = workers * concurrency / (args.calls * latency_s) if latency_s > 0 else None
     return Row(
@@ -422,7 +443,7 @@ def run_row(
         mongo_ops_per_traj=sum(mongo.values()) / n,
         redis_cmds_per_traj=sum(redis_cmds.values()) / n,
         redis_round_trips_per_traj=counted["round_trips"] / n,
-        redis_server_cmds_per_traj=sum(redis_delta.values()) / n,
+        redis_server_cmds_per_traj=sum(v for v in redis_delta.values() if v > 0) / n,
         push_to_first_start_s=(first_start - pushed).total_seconds(),
         traj_latency_s=sum(spans) / len(spans),
         traj_latency_p90_s=spans[int(0.9 * len(spans))],
@@ -517,7 +538,8 @@ def print_table(rows: list[Row]) -> None:
             )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The bench's command line (``--help`` lists it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--latency-s", type=float, default=2.0)
     parser.add_argument("--calls", type=int, default=3, help="chat calls per trajectory")
@@ -549,73 +571,56 @@ def main() -> None:
     parser.add_argument("--row-timeout-s", type=float, default=600)
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
     parser.add_argument("--keep-db", action="store_true", help="keep each row's database")
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
-    workdir = Path(tempfile.mkdtemp(prefix="agentrl-bench-"))
-    load = os.getloadavg()
+    return parser.parse_args()
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    """The agentrl rows: the latency rows (1 process at each ``--concurrency``, then each
+    ``--workers`` count above 1), then the zero-latency ceiling rows, over one Redis, one
+    MongoDB-wire server and one stub per latency."""
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         if not os.environ.get("AGENTRL_DB_CONNECTION_STRING"):
             os.environ["AGENTRL_EMBEDDED_DB_DIR"] = str(workdir / "mongo")
             stack.callback(stop_embedded_mongo, workdir / "mongo")
-        redis_url, redis_pid = stack.enter_context(redis_server(workdir))
+        redis = stack.enter_context(redis_server(workdir))
         if args.latency_s > 0:
             url, stub = stack.enter_context(stub_server(args.latency_s, workdir))
-            for concurrency in args.concurrency:
-                rows.append(
-                    run_row(
-                        args,
-                        url,
-                        stub.pid,
-                        (redis_url, redis_pid),
-                        1,
-                        concurrency,
-                        args.latency_s,
-                        workdir,
-                    )
-                )
-            for workers in (w for w in args.workers if w > 1):
-                rows.append(
-                    run_row(
-                        args,
-                        url,
-                        stub.pid,
-                        (redis_url, redis_pid),
-                        workers,
-                        args.multi_concurrency,
-                        args.latency_s,
-                        workdir,
-                    )
-                )
+            shapes = [(1, c) for c in args.concurrency]
+            shapes += [(w, args.multi_concurrency) for w in args.workers if w > 1]
+            for workers, concurrency in shapes:
+                rows.append(run_row(args, url, stub.pid, redis, workers, concurrency,
+                                    args.latency_s, workdir))
         if args.ceiling:
             url, stub = stack.enter_context(stub_server(0.0, workdir))
             ceiling_args = argparse.Namespace(**{**vars(args), "waves": args.ceiling_waves})
             for workers in sorted(set(args.workers) | {1}):
-                rows.append(
-                    run_row(
-                        ceiling_args,
-                        url,
-                        stub.pid,
-                        (redis_url, redis_pid),
-                        workers,
-                        args.ceiling,
-                        0.0,
-                        workdir,
-                    )
-                )
+                rows.append(run_row(ceiling_args, url, stub.pid, redis, workers, args.ceiling,
+                                    0.0, workdir))
+    return rows
+
+
+def add_upstream(args: argparse.Namespace, rows: list[Row]) -> None:
+    """Run upstream AgentRL's scheduler at each ``--upstream-concurrency`` and set each
+    matching one-process agentrl row's ``vs_upstream``."""
+    for concurrency in args.upstream_concurrency:
+        upstream = run_upstream(args, concurrency, args.latency_s)
+        if upstream is None:
+            continue
+        for row in rows:
+            if (row.concurrency, row.workers, row.latency_s) == (concurrency, 1, args.latency_s):
+                row.vs_upstream = row.traj_per_s / upstream.traj_per_s
+        rows.append(upstream)
+
+
+def main() -> None:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
+    workdir = Path(tempfile.mkdtemp(prefix="agentrl-bench-"))
+    load = os.getloadavg()
+    rows = measure(args, workdir)
     if args.upstream:
-        for concurrency in args.upstream_concurrency:
-            upstream = run_upstream(args, concurrency, args.latency_s)
-            if upstream is None:
-                continue
-            for row in rows:
-                if (row.concurrency, row.workers, row.latency_s) == (
-                    concurrency,
-                    1,
-                    args.latency_s,
-                ):
-                    row.vs_upstream = row.traj_per_s / upstream.traj_per_s
-            rows.append(upstream)
+        add_upstream(args, rows)
     load_after = os.getloadavg()
     if args.json:
         for row in rows:
