@@ -152,22 +152,23 @@ def wrap_model(
 # --- agreed scalars --------------------------------------------------------------------------
 
 
-def all_reduce_sum(value: float, device: torch.device | None = None) -> float:
-    """The sum of ``value`` over every rank (``value`` itself without a process group)."""
+def _all_reduce(value: float, op: Any, device: torch.device | None) -> float:
+    """``value`` reduced by ``op`` over every rank (``value`` itself without a process group)."""
     if not dist.is_initialized():
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device(device))
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    dist.all_reduce(tensor, op=op)
     return float(tensor.item())
+
+
+def all_reduce_sum(value: float, device: torch.device | None = None) -> float:
+    """The sum of ``value`` over every rank (``value`` itself without a process group)."""
+    return _all_reduce(value, dist.ReduceOp.SUM, device)
 
 
 def all_reduce_max(value: float, device: torch.device | None = None) -> float:
     """The largest ``value`` of any rank."""
-    if not dist.is_initialized():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device(device))
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
+    return _all_reduce(value, dist.ReduceOp.MAX, device)
 
 
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:
