@@ -111,11 +111,13 @@ class AgentTrainingConfig(BaseSettings):
     result_backend: str = Field("", description="Celery result backend; empty uses redis_url.")
     key_prefix: str = Field("agentrl", description="Prefix of every Redis key and queue name.")
     visibility_timeout_s: int = Field(
-        600,
-        ge=1,
+        60,
+        ge=10,
         description=(
             "Redis broker visibility timeout in seconds: a message taken by a worker that died "
-            "before handing it to a trajectory lease comes back after this long."
+            "before handing it to a trajectory lease comes back after this long. A live worker "
+            "acknowledges a message within the 5 s hand-off, so a minute is ample; a message "
+            "that comes back anyway is fenced by the trajectory's lease."
         ),
     )
     lease_ttl_s: float = Field(
