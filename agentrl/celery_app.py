@@ -12,7 +12,8 @@ its configuration with :func:`agentrl.configs.load_config` (YAML from ``$AGENTRL
   a worker that died holding a message it had not handed over yet;
 - queues ``sampling`` and ``evaluation``; every Redis key of the broker and the result backend
   starts with ``<key_prefix>:`` (kombu's ``global_keyprefix``), so runs never share queues;
-- task events on (Flower shows the running sampling jobs);
+- task events off unless ``task_events`` is set: Flower turns them on in the workers it watches
+  (its periodic ``enable_events``), so they cost nothing while nobody looks;
 - the ``threads`` pool with :data:`HANDOFF_THREADS` threads: each hands a trajectory to the
   process's one asyncio event loop (:mod:`agentrl.rollout.runtime`) and returns, so one worker
   process keeps up to ``max_concurrent_samples_per_process`` trajectories in flight as
@@ -101,8 +102,8 @@ def celery_settings(config: AgentTrainingConfig) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_pool": "threads",
         "worker_concurrency": HANDOFF_THREADS,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": config.task_events,
+        "task_send_sent_event": config.task_events,
         "worker_hijack_root_logger": False,
         "task_queues": [
             Queue(name, Exchange(name, type="direct"), routing_key=name)

@@ -120,6 +120,14 @@ class AgentTrainingConfig(BaseSettings):
             "that comes back anyway is fenced by the trajectory's lease."
         ),
     )
+    task_events: bool = Field(
+        False,
+        description=(
+            "Workers send Celery task events from their start, and beat a task-sent event per "
+            "job. Off by default (about 3 Redis commands per trajectory): a running Flower "
+            "turns the workers' task events on by itself within 5 s (its enable_events)."
+        ),
+    )
     lease_ttl_s: float = Field(
         60.0, gt=0, description="Seconds a trajectory lease lives without a heartbeat."
     )

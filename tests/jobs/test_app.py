@@ -22,7 +22,8 @@ def test_settings_are_json_only_acks_late_prefixed(config: AgentTrainingConfig) 
     assert settings["accept_content"] == ["json"]
     assert settings["task_acks_late"] and settings["task_reject_on_worker_lost"]
     assert settings["worker_prefetch_multiplier"] == 1
-    assert settings["worker_send_task_events"]
+    assert not settings["worker_send_task_events"]  # Flower turns them on when it watches
+    assert not settings["task_send_sent_event"]
     assert settings["worker_pool"] == "threads"
     # a few threads hand trajectories over; the trajectories themselves are coroutines
     assert settings["worker_concurrency"] == HANDOFF_THREADS

@@ -57,6 +57,10 @@ def test_flower_lists_worker_and_finished_sampling_tasks(
         )
         wait_for(lambda: worker_name in (get_json(f"{base}/api/workers", refresh=1) or {}),
                  90, "Flower to list the worker")
+        # the worker starts without task events; Flower turns them on (enable_events)
+        log = tmp_path / "worker.log"
+        wait_for(lambda: "Events of group {task} enabled by remote" in log.read_text(), 60,
+                 "Flower to turn the worker's task events on")
         scheduler = SamplingScheduler(
             config=config, sampler_class=RFTSampler, dataset=RFTDataset(make_items(2)),
             split="train", in_process_worker=False, timeout_s=120, start_engine=False,
