@@ -32,7 +32,7 @@ from agentrl.databases import (
     TaskStatus,
 )
 from agentrl.inference.services import list_services
-from agentrl.rollout.ledger import GlobalStep, RedisKeys, failures_by_kind
+from agentrl.rollout.ledger import GlobalStep, RedisKeys, failures_by_kind, training_finished
 from agentrl.rollout.slots import slot_loads
 
 QUEUES = (SAMPLING_QUEUE, EVALUATION_QUEUE)
@@ -204,7 +204,8 @@ def collect_status(
             is ``None``.
 
     Returns:
-        ``run`` (name, key prefix, database), ``global_step``, ``queues``
+        ``run`` (name, key prefix, database), ``global_step``, ``training_finished`` (the
+        trainer ended the run: no more training epochs are pushed), ``queues``
         (:func:`queue_depths`), ``workers`` (:func:`worker_status`), ``services``
         (:func:`service_status`), ``tasks`` and ``records`` (:func:`counts_by_split_epoch`),
         ``staleness`` (:func:`ready_staleness`), ``failures`` (FAILED records per error kind),
@@ -216,6 +217,7 @@ def collect_status(
                 "db_name": dbs.config.db_name},
         "collected_at": datetime.now(UTC).isoformat(),
         "global_step": step,
+        "training_finished": training_finished(dbs),
         "queues": queue_depths(app),
         "workers": worker_status(app, inspect_timeout_s) if with_workers else None,
         "services": service_status(dbs),
@@ -243,6 +245,9 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
     head = Table.grid(padding=(0, 2))
     head.add_row("run", f"{run['name']} (prefix {run['key_prefix']}, db {run['db_name']})")
     head.add_row("global step", str(status["global_step"]))
+    if status.get("training_finished"):
+        head.add_row("training", "[green]finished[/green] (no more training epochs are pushed; "
+                     "the run's own engines stopped with it)")
     queues = status["queues"]
     head.add_row("queues", ", ".join(f"{k}={v}" for k, v in queues.items()))
     failures = status.get("failures") or {}

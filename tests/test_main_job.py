@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from agentrl.celery_app import make_app
 from agentrl.configs import AgentTrainingConfig, load_config
@@ -25,7 +26,7 @@ from agentrl.databases import (
 from agentrl.driver.main_job import run_main_job
 from agentrl.errors import ConfigError
 from agentrl.rollout.ledger import GlobalStep, training_finished
-from agentrl.status import queue_depths
+from agentrl.status import collect_status, queue_depths, render_status
 from agentrl.training.checkpoint import latest_checkpoint
 from agentrl.training.metrics import read_metrics
 from tests.conftest import SHARED_DATA, free_port
@@ -81,6 +82,12 @@ def test_tiny_main_job(config: AgentTrainingConfig, dbs: Databases) -> None:
     # the run ended cleanly: no message of it is left, and no beat may push another epoch
     assert queue_depths(make_app(config)) == {"sampling": 0, "evaluation": 0, "unacked": 0}
     assert training_finished(dbs)
+    # `agentrl status` says so (its engine is down because the run stopped it)
+    snapshot = collect_status(dbs, make_app(config), with_workers=False)
+    assert snapshot["training_finished"] is True and snapshot["global_step"] == 1
+    table = Console(record=True, width=200)
+    render_status(snapshot, table)
+    assert "finished" in table.export_text()
 
 
 def test_main_job_with_held_out_eval_and_bounded_staleness(

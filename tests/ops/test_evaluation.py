@@ -150,6 +150,7 @@ def test_evaluate_six_gsm8k_problems(
     assert service["endpoint"] == engine_url and service["status"] == "UP"
     assert service["running_req_count"] == 0 and service["models"] == [DEFAULT_MODEL_NAME]
     assert final["staleness"]["ready"] == 0  # READY eval records are not training data
+    assert final["training_finished"] is False  # no trainer ran: nothing has finished
 
     # the table view renders the same snapshot
     table = runner.invoke(cli_app, ["status", "--no-workers"])
