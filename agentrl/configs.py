@@ -112,7 +112,7 @@ class AgentTrainingConfig(BaseSettings):
     key_prefix: str = Field("agentrl", description="Prefix of every Redis key and queue name.")
     visibility_timeout_s: int = Field(
         60,
-        ge=10,
+        ge=1,
         description=(
             "Redis broker visibility timeout in seconds: a message taken by a worker that died "
             "before handing it to a trajectory lease comes back after this long. A live worker "

@@ -116,10 +116,9 @@ def _entry(rank: int, body: Callable[..., None], nprocs: int, port: int, *args: 
     )
     torch.set_num_threads(1)
     init_distributed()
-    try:
-        body(rank, *args)
-    finally:
-        dist.destroy_process_group()
+    body(rank, *args)
+    dist.barrier()  # rank 0 serves the store: no rank may leave while another still uses it
+    dist.destroy_process_group()
 
 
 def weights(optimizer: PolicyOptimizer) -> dict[str, torch.Tensor]:
