@@ -1,7 +1,7 @@
 """GSM8K / MATH: the task, a JSONL dataset, and the sampler registered as ``math``.
 
 - :class:`MathTask` — ``question`` and the gold final ``answer`` (plus the full ``solution``).
-- :class:`MathDataset` — a torch ``Dataset`` of MathTasks from a JSONL file: GSM8K lines
+- :class:`MathDataset` — a map-style dataset of MathTasks from a JSONL file: GSM8K lines
   (``question``, ``answer`` ending in ``#### 42``), MATH lines (``problem``, ``solution`` with a
   ``\\boxed{}`` answer), or plain ``question``/``answer`` lines. A malformed line is reported with
   file and line number and skipped (``skip_bad_lines``) or rejected with
@@ -19,8 +19,6 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
-
-from torch.utils.data import Dataset
 
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Record, Task, register_new_model
@@ -82,8 +80,10 @@ def parse_math_line(data: Any, file: str, line: int) -> MathTask:
     return MathTask(question=question, answer=(final or raw).strip(), solution=raw)
 
 
-class MathDataset(Dataset):
-    """A JSONL file of GSM8K or MATH problems as a torch ``Dataset`` of :class:`MathTask`.
+class MathDataset:
+    """A JSONL file of GSM8K or MATH problems as a map-style dataset of :class:`MathTask`:
+    ``len`` and indexing, as a torch ``Dataset`` (a ``DataLoader`` takes it), without
+    importing torch, so sampling workers stay light.
 
     Args:
         path: the JSONL file.

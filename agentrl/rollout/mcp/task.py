@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
-from torch.utils.data import Dataset
 
 from agentrl.databases import Task, register_new_model
 from agentrl.errors import DatasetError
@@ -100,8 +99,10 @@ def parse_mcp_item(data: Any, file: str, line: int | None, where: str = "") -> M
                    answer_format=answer_format)
 
 
-class MCPDataset(Dataset):
-    """A JSON or JSONL file of questions as a torch ``Dataset`` of :class:`MCPTask`.
+class MCPDataset:
+    """A JSON or JSONL file of questions as a map-style dataset of :class:`MCPTask`:
+    ``len`` and indexing, as a torch ``Dataset`` (a ``DataLoader`` takes it), without
+    importing torch, so sampling workers stay light.
 
     Args:
         path: a ``.jsonl`` file (one object per line) or a ``.json`` file (a list of objects,

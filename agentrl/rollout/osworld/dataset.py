@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from torch.utils.data import Dataset
 
 from agentrl.databases.documents import Task, register_new_model
 from agentrl.errors import DatasetError
@@ -94,8 +93,10 @@ def make_task(
     )
 
 
-class OSworldDataset(Dataset):
-    """OSWorld examples as a torch ``Dataset`` of :class:`OSworldTask` (for ``SamplingScheduler``).
+class OSworldDataset:
+    """OSWorld examples as a map-style dataset of :class:`OSworldTask` (for ``SamplingScheduler``):
+    ``len`` and indexing, as a torch ``Dataset`` (a ``DataLoader`` takes it), without
+    importing torch, so sampling workers stay light.
 
     Args:
         path: ``test_all.json`` (or the directory holding it), a ``.json`` file with one example or
