@@ -87,7 +87,7 @@ def test_tiny_main_job(config: AgentTrainingConfig, dbs: Databases) -> None:
     assert snapshot["training_finished"] is True and snapshot["global_step"] == 1
     table = Console(record=True, width=200)
     render_status(snapshot, table)
-    assert "finished" in table.export_text()
+    assert "finished (no more training epochs are pushed" in table.export_text()
 
 
 def test_main_job_with_held_out_eval_and_bounded_staleness(
