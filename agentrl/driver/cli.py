@@ -86,14 +86,16 @@ def _fmt(value: float | None) -> str:
 def steps_table(summary: dict[str, Any]) -> Table:
     """Per-step reward, correct / well-formed rates (of newly finished and of trained records),
     clip fraction and staleness of a run."""
-    table = Table(title="per step")
+    table = Table(title="per step", caption=(
+        "correct, well-formed: of the trajectories finished since the step before (abandoned "
+        "and stale groups included); batch: of the records the step trained on"))
     columns = (
         ("step", None), ("reward", "reward_per_step"), ("correct", "correct_rate_per_step"),
-        ("well-formed", "well_formed_rate_per_step"),
-        ("batch correct", "batch_correct_rate_per_step"),
-        ("batch well-formed", "batch_well_formed_rate_per_step"),
+        ("well-\nformed", "well_formed_rate_per_step"),  # two-line headers fit 80 columns
+        ("batch\ncorrect", "batch_correct_rate_per_step"),
+        ("batch\nwell-formed", "batch_well_formed_rate_per_step"),
         ("clip", "clip_fraction_per_step"),
-        ("staleness", "staleness_per_step"),
+        ("stale-\nness", "staleness_per_step"),
     )
     for name, _ in columns:
         table.add_column(name, justify="right")
