@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,11 @@ def _entry(rank: int, body: Callable[..., None], nprocs: int, port: int, *args: 
     body(rank, *args)
     dist.barrier()  # rank 0 serves the store: no rank may leave while another still uses it
     dist.destroy_process_group()
+    # leave without the interpreter's teardown: destroying torch's C++ globals at exit sometimes
+    # meets a thread still joinable and aborts ("terminate called without an active exception")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def weights(optimizer: PolicyOptimizer) -> dict[str, torch.Tensor]:
