@@ -314,9 +314,13 @@ def start_celery(kind: str, extra: Sequence[str], env: dict[str, str],
 
 
 def wait_for_epoch(sampler: Sampler, records: Any, n: int, timeout_s: float,
-                   workdir: Path) -> None:
+                   workdir: Path, stats_dir: Path) -> None:
     """Sample the processes every :data:`SAMPLE_S` until ``n`` records are READY or
-    ABANDONED (counted once a second).
+    ABANDONED.
+
+    MongoDB is asked only once the workers' own counters have ``n`` trajectories done: a count
+    over the Records is a scan that nx-27017 runs while it holds the database, which would
+    slow the run it measures.
 
     Raises:
         RuntimeError: not within ``timeout_s`` seconds.
@@ -327,7 +331,10 @@ def wait_for_epoch(sampler: Sampler, records: Any, n: int, timeout_s: float,
         sampler.sample()
         if time.monotonic() - last_check >= 1.0:
             last_check = time.monotonic()
-            if records.count_documents({"status": {"$in": ["ready", "abandoned"]}}) >= n:
+            done = sum(int(c["done"]) for c in read_counters(stats_dir).values()
+                       if c["role"] == "worker")
+            if done >= n and records.count_documents(
+                    {"status": {"$in": ["ready", "abandoned"]}}) >= n:
                 return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{n} trajectories did not finish (logs in {workdir})")
@@ -417,7 +424,8 @@ def run_row(
         sampler.procs["beat"] = [psutil.Process(beat.pid)]
         sampler.start["beat"] = 0.0
         started = time.monotonic()
-        wait_for_epoch(sampler, dbs.store.collection(Record), n, args.row_timeout_s, workdir)
+        wait_for_epoch(sampler, dbs.store.collection(Record), n, args.row_timeout_s, workdir,
+                       stats_dir)
         cpu = sampler.cpu_s()
         wall_s = time.monotonic() - started
         after = command_counts(client)

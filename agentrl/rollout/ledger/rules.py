@@ -134,6 +134,19 @@ def group_outcome(task: dict[str, Any]) -> RecordStatus | None:
     return RecordStatus.READY if has_spread(float(v) for v in scores.values()) else (
         RecordStatus.ABANDONED)
 
+def scored_members(task: dict[str, Any]) -> dict[str, Any]:
+    """The filter of a complete group's SCORED Records (the ones its status goes to).
+
+    The members are named by id (``identity_id`` of every trajectory with an outcome): a
+    lookup on the primary key, where a filter on ``task_id`` makes nx-27017 scan the collection
+    while it holds the database.
+    """
+    epoch = int(task.get("epoch", 0))
+    members = {*(task.get("scores") or {}), *(task.get("failed") or {})}
+    ids = sorted(Record.identity_id(str(task["_id"]), int(t), epoch) for t in members)
+    return {"_id": {"$in": ids}, "status": RecordStatus.SCORED.value}
+
+
 def classify_failure(exc: BaseException) -> ErrorKind:
     """The kind of an attempt's failure (see :class:`~agentrl.databases.ErrorKind`).
 

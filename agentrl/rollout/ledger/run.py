@@ -27,7 +27,13 @@ from agentrl.databases import (
 )
 from agentrl.rollout.claims import Claim
 from agentrl.rollout.leases import owned_members, take_expired
-from agentrl.rollout.ledger.rules import Enqueue, RedisKeys, claim_of, group_outcome
+from agentrl.rollout.ledger.rules import (
+    Enqueue,
+    RedisKeys,
+    claim_of,
+    group_outcome,
+    scored_members,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +253,7 @@ def complete_stuck_groups(dbs: Databases) -> int:
         if status is None:
             continue
         dbs.store.collection(Record).update_many(
-            {"task_id": task["_id"], "epoch": task.get("epoch", 0),
-             "status": RecordStatus.SCORED.value},
-            {"$set": {"status": status.value, "updated_at": utcnow()}})
+            scored_members(task), {"$set": {"status": status.value, "updated_at": utcnow()}})
         dbs.store.collection(Task).update_one(
             {"_id": task["_id"]},
             {"$set": {"status": TaskStatus.COMPLETED.value, "updated_at": utcnow()}})

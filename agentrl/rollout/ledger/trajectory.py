@@ -49,6 +49,7 @@ from agentrl.rollout.ledger.rules import (
     group_outcome,
     infrastructure_backoff_s,
     outcome_update,
+    scored_members,
     worker_name,
 )
 from agentrl.rollout.storable import check_document_size, to_storable
@@ -295,9 +296,7 @@ class TrajectoryLedger:
         now = utcnow()
         records, tasks = self.store.collection(Record), self.store.collection(Task)
         await self.waiting_out_outages(lambda: records.update_many(
-            {"task_id": task["_id"], "epoch": task.get("epoch", 0),
-             "status": RecordStatus.SCORED.value},
-            {"$set": {"status": status.value, "updated_at": now}},
+            scored_members(task), {"$set": {"status": status.value, "updated_at": now}},
         ))
         if task.get("status") != TaskStatus.COMPLETED.value:
             await self.waiting_out_outages(lambda: tasks.update_one(
