@@ -124,7 +124,9 @@ def ensure_embedded_mongo(data_dir: str | Path) -> str:
             "-d",
         ]
         (data_dir / "data").mkdir(exist_ok=True)
-        subprocess.run(cmd, check=False, capture_output=True, timeout=START_TIMEOUT_S)
+        # the daemon outlives this process: it gets no stdin of ours (a terminal, a pipe)
+        subprocess.run(cmd, check=False, capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=START_TIMEOUT_S)
         uri = _uri(port)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

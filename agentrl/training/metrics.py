@@ -123,7 +123,9 @@ class MetricsLogger:
     Args:
         path: the JSONL file (appended to, so a resumed run continues it).
         total_steps: steps expected (``None``: unknown).
-        show_progress: draw the rich progress bar (off in tests or non-terminals).
+        show_progress: show progress: the rich bar on a terminal; where the console is not
+            one (output sent to a file or a pipe, where a bar shows only its last state), a
+            plain line per step instead.
         trackers: open experiment trackers; closed by :meth:`close`. A tracker that fails to
             log is reported once and dropped: the JSONL file is the record of the run.
         start_step: steps already done (a resumed run's bar starts there).
@@ -146,7 +148,14 @@ class MetricsLogger:
         self.console = console
         self._progress: Progress | None = None
         self._task_id = None
-        if show_progress:
+        self._total = total_steps
+        self._lines = show_progress and not self.console.is_terminal
+        waiting = "waiting for READY records"
+        if start_step:
+            waiting = f"resumed at step {start_step}; {waiting}"
+        if self._lines:
+            self.console.print(f"train: {waiting}", highlight=False)
+        elif show_progress:
             self._progress = Progress(
                 TextColumn("[bold]train"),
                 BarColumn(),
@@ -157,9 +166,6 @@ class MetricsLogger:
                 transient=False,
             )
             self._progress.start()
-            waiting = "waiting for READY records"
-            if start_step:
-                waiting = f"resumed at step {start_step}; {waiting}"
             self._task_id = self._progress.add_task(
                 waiting, total=total_steps, completed=start_step
             )
@@ -175,6 +181,10 @@ class MetricsLogger:
             self._progress.update(
                 self._task_id, completed=step, description=progress_fields(metrics)
             )
+        elif self._lines:
+            of = f"/{self._total}" if self._total else ""
+            self.console.print(f"train step {step}{of}  {progress_fields(metrics)}",
+                               highlight=False)
 
     def _to_trackers(self, step: int, metrics: Mapping[str, float]) -> None:
         """Log to every tracker; drop (and close) one that raises."""

@@ -3,6 +3,8 @@ across a restart on the same port."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,5 +48,18 @@ def test_start_reuse_restart_keeps_data(tmp_path: Path) -> None:
         client = MongoClient(uri_again)
         assert client.agentrl.tasks.find_one({"_id": "kept"})["question"] == "2+2"
         client.close()
+    finally:
+        stop_embedded_mongo(data_dir)
+
+
+def test_the_server_does_not_hold_the_terminal(tmp_path: Path) -> None:
+    """The daemon outlives the command that started it: it must not keep that command's
+    standard input (a terminal, a pipe) open."""
+    data_dir = tmp_path / "mongo"
+    try:
+        subprocess.run([sys.executable, "-c", _SECOND_PROCESS, str(data_dir)],
+                       stdin=subprocess.PIPE, capture_output=True, timeout=60, check=True)
+        pid = json.loads((data_dir / "server.json").read_text())["pid"]
+        assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
     finally:
         stop_embedded_mongo(data_dir)

@@ -3,12 +3,14 @@ a slow weight push."""
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from agentrl.databases import Databases
 from agentrl.training import metrics as M
@@ -21,8 +23,9 @@ STEP = {M.REWARD_MEAN: 0.5, M.LOSS_POLICY: -0.01234, M.CLIP_REGION: 0.0,
 
 
 def test_bar_fields_have_readable_labels_and_a_resumed_bar_starts_at_its_step(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(M, "console", Console(file=io.StringIO(), force_terminal=True))
     assert progress_fields(STEP) == "reward 0.5  loss -0.0123  clip 0  staleness 1.5  tok/s 120"
     assert progress_fields({**STEP, M.CLIP_REGION: math.nan}).split("  ")[2] == "clip -"
     logger = MetricsLogger(tmp_path / "metrics.jsonl", total_steps=8, start_step=4)
@@ -34,6 +37,22 @@ def test_bar_fields_have_readable_labels_and_a_resumed_bar_starts_at_its_step(
         assert task.completed == 5 and task.description == progress_fields(STEP)
     finally:
         logger.close()
+
+
+def test_output_that_is_not_a_terminal_gets_a_line_per_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = io.StringIO()  # a file or a pipe: a live bar would show only its last state
+    monkeypatch.setattr(M, "console", Console(file=out, width=200))
+    with MetricsLogger(tmp_path / "metrics.jsonl", total_steps=8, start_step=4) as logger:
+        assert logger._progress is None
+        logger.log(5, STEP)
+        logger.log(6, {**STEP, M.REWARD_MEAN: 0.75})
+    assert out.getvalue().splitlines() == [
+        "train: resumed at step 4; waiting for READY records",
+        f"train step 5/8  {progress_fields(STEP)}",
+        f"train step 6/8  {progress_fields({**STEP, M.REWARD_MEAN: 0.75})}",
+    ]
 
 
 class LoadingManager:
