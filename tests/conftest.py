@@ -3,15 +3,21 @@ S3 server, and a per-test configuration that isolates keys and databases.
 
 Every test session claims a free Redis database (1..15) with a marker key, so concurrent test
 runs on one machine never share queues or keys; it flushes only that database at the end.
+
+A SIGTERM to pytest (``timeout``, a CI runner giving up) is turned into KeyboardInterrupt, so
+the running test's ``finally`` blocks and the fixtures still stop the workers, engines and
+servers they started (each in its own session, which a signal to pytest does not reach).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 import redis
@@ -26,6 +32,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """The project's real input (../shared/data), read in place."""
 
 _MARKER = "agentrl:test:claimed"
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"pytest got signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def free_port() -> int:
