@@ -134,6 +134,7 @@ def group_outcome(task: dict[str, Any]) -> RecordStatus | None:
     return RecordStatus.READY if has_spread(float(v) for v in scores.values()) else (
         RecordStatus.ABANDONED)
 
+
 def scored_members(task: dict[str, Any]) -> dict[str, Any]:
     """The filter of a complete group's SCORED Records (the ones its status goes to).
 
