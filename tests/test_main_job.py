@@ -30,19 +30,11 @@ from agentrl.status import collect_status, queue_depths, render_status
 from agentrl.training.checkpoint import latest_checkpoint
 from agentrl.training.metrics import read_metrics
 from tests.conftest import SHARED_DATA, free_port
-from tests.jobs.helpers import REPO, wait_for
+from tests.jobs.helpers import REPO, process_alive, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 pytestmark = pytest.mark.slow
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_tiny_main_job(config: AgentTrainingConfig, dbs: Databases) -> None:
@@ -78,7 +70,7 @@ def test_tiny_main_job(config: AgentTrainingConfig, dbs: Databases) -> None:
     for log_name in ("worker.log", "beat.log"):
         assert (result.run_dir / "logs" / log_name).exists()
     pids = [int(line.split()[0]) for line in _child_pids(result.run_dir)]
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     # the run ended cleanly: no message of it is left, and no beat may push another epoch
     assert queue_depths(make_app(config)) == {"sampling": 0, "evaluation": 0, "unacked": 0}
     assert training_finished(dbs)

@@ -9,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.jobs.helpers import wait_for
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.jobs.helpers import REPO, process_alive, wait_for
 
 INNER = '''
 import subprocess, sys, time
@@ -27,14 +25,6 @@ def test_holds_a_child(tmp_path):
         child.kill()
         child.wait()
 '''
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_sigterm_to_pytest_runs_the_running_tests_cleanup(tmp_path: Path) -> None:
@@ -53,7 +43,7 @@ def test_sigterm_to_pytest_runs_the_running_tests_cleanup(tmp_path: Path) -> Non
         pytest_proc.send_signal(signal.SIGTERM)
         out, _ = pytest_proc.communicate(timeout=60)
         assert "KeyboardInterrupt: pytest got signal 15" in out
-        wait_for(lambda: not _alive(child), 10, "the child to be gone")
+        wait_for(lambda: not process_alive(child), 10, "the child to be gone")
     finally:
         if pytest_proc.poll() is None:
             pytest_proc.kill()

@@ -47,6 +47,15 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 2
         proc.wait(timeout=10)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of that pid exists (a zombie not yet reaped counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
              interval_s: float = 0.2) -> float:
     """Poll ``predicate`` until true; returns seconds waited. Fails the test on timeout."""
