@@ -380,6 +380,22 @@ def clean_up_row(procs: list[subprocess.Popen], dbs: Databases, config: AgentTra
     dbs.close()
 
 
+def wait_for_workers(config: AgentTrainingConfig, workers: int, workdir: Path,
+                     timeout_s: float = 120) -> None:
+    """Wait until ``workers`` Celery workers of the row answer a ping.
+
+    Raises:
+        RuntimeError: not within ``timeout_s`` seconds.
+    """
+    from agentrl.celery_app import make_app  # noqa: PLC0415 - after the settings are made
+
+    app = make_app(config)
+    deadline = time.monotonic() + timeout_s
+    while len(app.control.ping(timeout=1.0) or []) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers did not start (logs in {workdir})")
+
+
 def run_row(
     args: argparse.Namespace,
     base_url: str,
@@ -409,13 +425,7 @@ def run_row(
     try:
         for i in range(workers):
             celery("worker", "-Q", "sampling", "-n", f"bench{i}-{suffix}@%h")
-        from agentrl.celery_app import make_app  # noqa: PLC0415 - after the settings are made
-
-        app = make_app(config)
-        deadline = time.monotonic() + 120
-        while len(app.control.ping(timeout=1.0) or []) < workers:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers did not start (logs in {workdir})")
+        wait_for_workers(config, workers, workdir)
         sampler = process_sampler(procs, stub_pid, redis_pid, dbs, config)
         time.sleep(3 * SAMPLE_S)  # the workers' counters after their start
         counted_before = read_counters(stats_dir)
