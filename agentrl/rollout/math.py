@@ -1,7 +1,7 @@
 """GSM8K / MATH: the task, a JSONL dataset, and the sampler registered as ``math``.
 
 - :class:`MathTask` — ``question`` and the gold final ``answer`` (plus the full ``solution``).
-- :class:`MathDataset` — a map-style dataset of MathTasks from a JSONL file: GSM8K lines
+- :class:`MathDataset` — a :class:`TaskDataset` of MathTasks from a JSONL file: GSM8K lines
   (``question``, ``answer`` ending in ``#### 42``), MATH lines (``problem``, ``solution`` with a
   ``\\boxed{}`` answer), or plain ``question``/``answer`` lines. A malformed line is reported with
   file and line number and skipped (``skip_bad_lines``) or rejected with
@@ -23,6 +23,7 @@ from typing import Any
 from agentrl.configs import AgentTrainingConfig
 from agentrl.databases import Record, Task, register_new_model
 from agentrl.errors import DatasetError
+from agentrl.rollout.datasets import TaskDataset
 from agentrl.rollout.grader import extract_boxed, gsm8k_final_answer, score_completion
 from agentrl.rollout.outcomes import CORRECT, WELL_FORMED, report_metrics
 from agentrl.rollout.registry import register_sampler
@@ -80,10 +81,8 @@ def parse_math_line(data: Any, file: str, line: int) -> MathTask:
     return MathTask(question=question, answer=(final or raw).strip(), solution=raw)
 
 
-class MathDataset:
-    """A JSONL file of GSM8K or MATH problems as a map-style dataset of :class:`MathTask`:
-    ``len`` and indexing, as a torch ``Dataset`` (a ``DataLoader`` takes it), without
-    importing torch, so sampling workers stay light.
+class MathDataset(TaskDataset[MathTask]):
+    """A JSONL file of GSM8K or MATH problems as a :class:`TaskDataset` of :class:`MathTask`.
 
     Args:
         path: the JSONL file.
@@ -120,11 +119,6 @@ class MathDataset:
                 if limit and len(self.tasks) >= limit:
                     break
 
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __getitem__(self, index: int) -> MathTask:
-        return self.tasks[index]
 
 
 @register_sampler("math")

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from agentrl.databases import Task, register_new_model
 from agentrl.errors import DatasetError
+from agentrl.rollout.datasets import TaskDataset
 from agentrl.rollout.grader import gsm8k_final_answer
 
 logger = logging.getLogger(__name__)
@@ -99,10 +100,8 @@ def parse_mcp_item(data: Any, file: str, line: int | None, where: str = "") -> M
                    answer_format=answer_format)
 
 
-class MCPDataset:
-    """A JSON or JSONL file of questions as a map-style dataset of :class:`MCPTask`:
-    ``len`` and indexing, as a torch ``Dataset`` (a ``DataLoader`` takes it), without
-    importing torch, so sampling workers stay light.
+class MCPDataset(TaskDataset[MCPTask]):
+    """A JSON or JSONL file of questions as a :class:`TaskDataset` of :class:`MCPTask`.
 
     Args:
         path: a ``.jsonl`` file (one object per line) or a ``.json`` file (a list of objects,
@@ -158,8 +157,3 @@ class MCPDataset:
             raise DatasetError(self.path, None, 'expected a list of objects or {"data": [...]}')
         return [(None, f"item {i}: ", item) for i, item in enumerate(items)]
 
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __getitem__(self, index: int) -> MCPTask:
-        return self.tasks[index]

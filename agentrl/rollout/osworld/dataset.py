@@ -26,6 +26,7 @@ from pydantic import Field
 
 from agentrl.databases.documents import Task, register_new_model
 from agentrl.errors import DatasetError
+from agentrl.rollout.datasets import TaskDataset
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +94,9 @@ def make_task(
     )
 
 
-class OSworldDataset:
-    """OSWorld examples as a map-style dataset of :class:`OSworldTask` (for ``SamplingScheduler``):
-    ``len`` and indexing, as a torch ``Dataset`` (a ``DataLoader`` takes it), without
-    importing torch, so sampling workers stay light.
+class OSworldDataset(TaskDataset[OSworldTask]):
+    """OSWorld examples as a :class:`TaskDataset` of :class:`OSworldTask` (for
+    ``SamplingScheduler``).
 
     Args:
         path: ``test_all.json`` (or the directory holding it), a ``.json`` file with one example or
@@ -130,11 +130,6 @@ class OSworldDataset:
         for err in self.errors:
             logger.warning("skipped OSWorld example: %s", err)
 
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __getitem__(self, index: int) -> OSworldTask:
-        return self.tasks[index]
 
     def count_by_domain(self) -> dict[str, int]:
         """Loaded tasks per app folder (``""`` for tasks read without one)."""
