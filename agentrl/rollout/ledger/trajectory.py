@@ -94,7 +94,14 @@ class TrajectoryLedger:
 
     async def waiting_out_outages(self, op: Callable[[], Any]) -> Any:
         """Run a MongoDB operation, retrying connection failures for
-        ``mongo_outage_timeout_s`` (a restart of the server is waited out)."""
+        ``mongo_outage_timeout_s`` (a restart of the server is waited out).
+
+        The first try runs outside tenacity: this is every ledger write of every trajectory,
+        and setting up a retry loop costs ~40 µs of CPU per call that almost never retries."""
+        try:
+            return await op()
+        except ConnectionFailure:
+            pass
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(ConnectionFailure),
             stop=stop_after_delay(self.config.mongo_outage_timeout_s),
