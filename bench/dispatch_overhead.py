@@ -20,7 +20,11 @@ pushes one epoch of ``waves × concurrency × workers`` trajectories (groups of 
   the row, those inside scripts included (``INFO commandstats`` delta);
 - ``push_to_first_start_s``: epoch pushed → first sampler started;
 - ``worker_cpu_ms_per_traj``, ``worker_rss_mb`` (peak) and the CPU share of each process kind
-  (worker, beat, stub, redis, mongo) — on a shared machine, which part runs out first.
+  (worker, beat, stub, redis, mongo) — on a shared machine, which part runs out first;
+- ``worker_cores_at_ideal``: the cores one worker process would need to run its share of the
+  ideal rate at the CPU per trajectory it measured (ideal ÷ workers × CPU per trajectory). One
+  Python process runs on one core at most (the GIL), so a row whose value nears 1 cannot reach
+  its ideal on that machine, however the dispatch is arranged.
 
 The zero-latency row (``--ceiling``) is what one worker process turns over when the inference
 service answers at once. ``--upstream SRC`` also runs ``../shared/peer/upstream_dispatch.py``
@@ -97,6 +101,7 @@ class Row:
     traj_latency_s: float | None = None
     traj_latency_p90_s: float | None = None
     worker_cpu_ms_per_traj: float | None = None
+    worker_cores_at_ideal: float | None = None
     worker_rss_mb: float | None = None
     cpu_share: dict[str, float] = field(default_factory=dict)
     mongo_ops: dict[str, int] = field(default_factory=dict)
@@ -466,6 +471,7 @@ def run_row(
         traj_latency_s=sum(spans) / len(spans),
         traj_latency_p90_s=spans[int(0.9 * len(spans))],
         worker_cpu_ms_per_traj=1000 * cpu["worker"] / n,
+        worker_cores_at_ideal=ideal / workers * cpu["worker"] / n if ideal else None,
         worker_rss_mb=sampler.rss_mb,
         cpu_share={kind: seconds / wall_s for kind, seconds in cpu.items()},
         mongo_ops=dict(sorted(mongo.items(), key=lambda kv: -kv[1])),
@@ -533,7 +539,7 @@ def print_table(rows: list[Row]) -> None:
     print(
         f"\n{'system':>8} {'procs':>5} {'conc':>5} {'lat s':>5} {'trajs':>6} {'traj/s':>8} "
         f"{'ideal':>7} {'of ideal':>8} {'peak':>5} {'mongo/t':>7} {'redis/t':>7} {'trips/t':>7} "
-        f"{'push→1st s':>10} {'cpu ms/t':>8} {'rss MB':>7} {'vs upstr':>8}"
+        f"{'push→1st s':>10} {'cpu ms/t':>8} {'cores@ideal':>11} {'rss MB':>7} {'vs upstr':>8}"
     )
     for r in rows:
         print(
@@ -543,7 +549,8 @@ def print_table(rows: list[Row]) -> None:
             f"{num(r.mongo_ops_per_traj, '.2f'):>7} {num(r.redis_cmds_per_traj, '.1f'):>7} "
             f"{num(r.redis_round_trips_per_traj, '.1f'):>7} "
             f"{num(r.push_to_first_start_s, '.2f'):>10} "
-            f"{num(r.worker_cpu_ms_per_traj, '.2f'):>8} {num(r.worker_rss_mb, '.0f'):>7} "
+            f"{num(r.worker_cpu_ms_per_traj, '.2f'):>8} {num(r.worker_cores_at_ideal, '.2f'):>11} "
+            f"{num(r.worker_rss_mb, '.0f'):>7} "
             f"{num(r.vs_upstream, '.0f'):>8}"
         )
     for r in rows:
