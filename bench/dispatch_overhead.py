@@ -18,7 +18,13 @@ pushes one epoch of ``waves × concurrency × workers`` trajectories (groups of 
   Celery's broker traffic and events included), ``redis_round_trips_per_traj``, and
   ``redis_server_cmds_per_traj``: every command the bench's own ``redis-server`` executed during
   the row, those inside scripts included (``INFO commandstats`` delta);
-- ``push_to_first_start_s``: epoch pushed → first sampler started;
+- ``push_to_first_start_s``: epoch pushed → first sampler started; ``fill_s``: epoch pushed →
+  the process(es) first full (the ``workers × concurrency``-th sampler started);
+- ``steady_traj_per_s`` and ``steady_fraction_of_ideal``: the rate once the process is full —
+  trajectories started after it was first full ÷ (last start − that moment). A freed slot that is
+  refilled at once gives ``concurrency / trajectory latency`` (the ideal, when trajectories are
+  not stretched); each slot's refill delay lowers it. ``traj_per_s`` also pays the fill and the
+  last wave's drain once per epoch, so with few ``--waves`` it is the lower of the two;
 - ``worker_cpu_ms_per_traj``, ``worker_rss_mb`` (peak) and the CPU share of each process kind
   (worker, beat, stub, redis, mongo) — on a shared machine, which part runs out first;
 - ``worker_cores_at_ideal``: the cores one worker process would need to run its share of the
@@ -98,6 +104,9 @@ class Row:
     redis_round_trips_per_traj: float | None = None
     redis_server_cmds_per_traj: float | None = None
     push_to_first_start_s: float | None = None
+    fill_s: float | None = None
+    steady_traj_per_s: float | None = None
+    steady_fraction_of_ideal: float | None = None
     traj_latency_s: float | None = None
     traj_latency_p90_s: float | None = None
     worker_cpu_ms_per_traj: float | None = None
@@ -357,19 +366,42 @@ def process_sampler(procs: list[subprocess.Popen], stub_pid: int, redis_pid: int
     })
 
 
-def record_timings(dbs: Databases) -> tuple[datetime, datetime, datetime, list[float]]:
-    """When the epoch was pushed, when the first trajectory started and the last finished,
-    and every trajectory's duration in seconds (sorted)."""
+@dataclass
+class Timings:
+    """A row's Records on one clock: seconds after the epoch was pushed."""
+
+    starts: list[float]
+    """Every trajectory's start, sorted."""
+    end: float
+    """The last trajectory finished."""
+    spans: list[float]
+    """Every trajectory's duration (started → finished), sorted."""
+
+    def steady_rate(self, full: int) -> tuple[float | None, float | None]:
+        """When the ``full``-th trajectory started (the process first full), and the rate of
+        the starts after it (``None`` when no trajectory started after it)."""
+        if len(self.starts) < full:
+            return None, None
+        at = self.starts[full - 1]
+        later = len(self.starts) - full
+        window = self.starts[-1] - at
+        return at, (later / window if later and window > 0 else None)
+
+
+def record_timings(dbs: Databases) -> Timings:
+    """The starts, end and durations of the row's Records (seconds after the epoch push)."""
     pushed = min(aware(t.created_at) for t in dbs.store.find(Task, {}))
     raw = list(dbs.store.collection(Record).find({}, {"started_at": 1, "finished_at": 1}))
-    first_start = min(aware(r["started_at"]) for r in raw if r.get("started_at"))
-    end = max(aware(r["finished_at"]) for r in raw if r.get("finished_at"))
-    spans = sorted(
-        (aware(r["finished_at"]) - aware(r["started_at"])).total_seconds()
-        for r in raw
-        if r.get("finished_at") and r.get("started_at")
+
+    def since(value: datetime | str) -> float:
+        return (aware(value) - pushed).total_seconds()
+
+    return Timings(
+        starts=sorted(since(r["started_at"]) for r in raw if r.get("started_at")),
+        end=max(since(r["finished_at"]) for r in raw if r.get("finished_at")),
+        spans=sorted(since(r["finished_at"]) - since(r["started_at"])
+                     for r in raw if r.get("finished_at") and r.get("started_at")),
     )
-    return pushed, first_start, end, spans
 
 
 def clean_up_row(procs: list[subprocess.Popen], dbs: Databases, config: AgentTrainingConfig,
@@ -446,13 +478,15 @@ def run_row(
         after = command_counts(client)
         time.sleep(2 * SAMPLE_S)
         counted = counter_totals(read_counters(stats_dir), counted_before)
-        pushed, first_start, end, spans = record_timings(dbs)
+        timings = record_timings(dbs)
     finally:
         clean_up_row(procs, dbs, config, client, keep_db=args.keep_db)
     mongo, redis_cmds = counted["mongo"], counted["redis"]
     redis_delta = {k: v - before.get(k, 0) for k, v in after.items() if k != "info"}
-    throughput = n / (end - pushed).total_seconds()
+    throughput = n / timings.end
     ideal = workers * concurrency / (args.calls * latency_s) if latency_s > 0 else None
+    fill_s, steady = timings.steady_rate(workers * concurrency)
+    spans = timings.spans
     return Row(
         system="agentrl",
         workers=workers,
@@ -467,7 +501,10 @@ def run_row(
         redis_cmds_per_traj=sum(redis_cmds.values()) / n,
         redis_round_trips_per_traj=counted["round_trips"] / n,
         redis_server_cmds_per_traj=sum(v for v in redis_delta.values() if v > 0) / n,
-        push_to_first_start_s=(first_start - pushed).total_seconds(),
+        push_to_first_start_s=timings.starts[0],
+        fill_s=fill_s,
+        steady_traj_per_s=steady,
+        steady_fraction_of_ideal=steady / ideal if steady and ideal else None,
         traj_latency_s=sum(spans) / len(spans),
         traj_latency_p90_s=spans[int(0.9 * len(spans))],
         worker_cpu_ms_per_traj=1000 * cpu["worker"] / n,
@@ -539,7 +576,8 @@ def print_table(rows: list[Row]) -> None:
     print(
         f"\n{'system':>8} {'procs':>5} {'conc':>5} {'lat s':>5} {'trajs':>6} {'traj/s':>8} "
         f"{'ideal':>7} {'of ideal':>8} {'peak':>5} {'mongo/t':>7} {'redis/t':>7} {'trips/t':>7} "
-        f"{'push→1st s':>10} {'cpu ms/t':>8} {'cores@ideal':>11} {'rss MB':>7} {'vs upstr':>8}"
+        f"{'push→1st s':>10} {'fill s':>6} {'steady':>6} {'cpu ms/t':>8} {'cores@ideal':>11} "
+        f"{'rss MB':>7} {'vs upstr':>8}"
     )
     for r in rows:
         print(
@@ -548,7 +586,8 @@ def print_table(rows: list[Row]) -> None:
             f"{num(r.fraction_of_ideal, '.2f'):>8} {r.peak_in_flight:>5} "
             f"{num(r.mongo_ops_per_traj, '.2f'):>7} {num(r.redis_cmds_per_traj, '.1f'):>7} "
             f"{num(r.redis_round_trips_per_traj, '.1f'):>7} "
-            f"{num(r.push_to_first_start_s, '.2f'):>10} "
+            f"{num(r.push_to_first_start_s, '.2f'):>10} {num(r.fill_s, '.2f'):>6} "
+            f"{num(r.steady_fraction_of_ideal, '.2f'):>6} "
             f"{num(r.worker_cpu_ms_per_traj, '.2f'):>8} {num(r.worker_cores_at_ideal, '.2f'):>11} "
             f"{num(r.worker_rss_mb, '.0f'):>7} "
             f"{num(r.vs_upstream, '.0f'):>8}"
