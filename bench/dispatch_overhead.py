@@ -378,8 +378,9 @@ class Timings:
     """Every trajectory's duration (started → finished), sorted."""
 
     def steady_rate(self, full: int) -> tuple[float | None, float | None]:
-        """When the ``full``-th trajectory started (the process first full), and the rate of
-        the starts after it (``None`` when no trajectory started after it)."""
+        """When the ``full``-th trajectory started (the process first full, if its peak in
+        flight reached ``full``), and the rate of the starts after it, in trajectories/s
+        (``None`` when no trajectory started after it)."""
         if len(self.starts) < full:
             return None, None
         at = self.starts[full - 1]
