@@ -482,10 +482,30 @@ def run_row(
         timings = record_timings(dbs)
     finally:
         clean_up_row(procs, dbs, config, client, keep_db=args.keep_db)
-    mongo, redis_cmds = counted["mongo"], counted["redis"]
     redis_delta = {k: v - before.get(k, 0) for k, v in after.items() if k != "info"}
-    throughput = n / timings.end
     ideal = workers * concurrency / (args.calls * latency_s) if latency_s > 0 else None
+    return agentrl_row(workers, concurrency, latency_s, n, ideal, counted, redis_delta,
+                       timings, cpu, wall_s, sampler.rss_mb)
+
+
+def agentrl_row(
+    workers: int,
+    concurrency: int,
+    latency_s: float,
+    n: int,
+    ideal: float | None,
+    counted: dict[str, Any],
+    redis_delta: dict[str, int],
+    timings: Timings,
+    cpu: dict[str, float],
+    wall_s: float,
+    rss_mb: float,
+) -> Row:
+    """The row of ``n`` trajectories (``ideal`` traj/s) from what its processes counted
+    (:func:`counter_totals`), the Redis server's command deltas, the Records' timings and the
+    processes' CPU seconds over ``wall_s`` seconds."""
+    mongo, redis_cmds = counted["mongo"], counted["redis"]
+    throughput = n / timings.end
     fill_s, steady = timings.steady_rate(workers * concurrency)
     spans = timings.spans
     return Row(
@@ -510,7 +530,7 @@ def run_row(
         traj_latency_p90_s=spans[int(0.9 * len(spans))],
         worker_cpu_ms_per_traj=1000 * cpu["worker"] / n,
         worker_cores_at_ideal=ideal / workers * cpu["worker"] / n if ideal else None,
-        worker_rss_mb=sampler.rss_mb,
+        worker_rss_mb=rss_mb,
         cpu_share={kind: seconds / wall_s for kind, seconds in cpu.items()},
         mongo_ops=dict(sorted(mongo.items(), key=lambda kv: -kv[1])),
         redis_top=dict(redis_cmds.most_common(10)),
